@@ -1,0 +1,1 @@
+"""The tiered mixed-precision search (global → block → module). Not implemented yet."""

@@ -1,0 +1,296 @@
+//! `lowbit_matmul`: real-valued activations `[M, K]` × packed low-bit weights `[N, K]` → `[M, N]`,
+//! dequantizing on the fly; the full-precision weight matrix never exists in memory.
+//!
+//! Two schedules, chosen by the batch size M (both deterministic for any thread count):
+//! - matrix–vector (M < [`GEMM_MIN_M`]): each task owns a few weight rows; a row is decoded once
+//!   into a K-byte scratch and dotted with every activation row (16-lane float accumulators,
+//!   scaled per group, one horizontal sum per output).
+//! - matrix–matrix: weight rows are dequantized a block at a time into a small f32 panel that fits
+//!   in cache, and `matrixmultiply::sgemm` multiplies the activations by it.
+
+use crate::error::{shape_err, Result};
+use crate::qweights::QWeights;
+use crate::simd::multiversion;
+use rayon::prelude::*;
+
+/// Batch size from which the matrix–matrix schedule is used.
+pub const GEMM_MIN_M: usize = 8;
+/// Weight rows per task in the matrix–vector schedule.
+const GEMV_ROWS_PER_TASK: usize = 16;
+/// Float lanes of the accumulators (fixes the summation order on every ISA).
+const LANES: usize = 16;
+
+/// `x · dequant(W)ᵀ` for `x` row-major `[m, w.k]`. Returns `[m, w.n]` row-major.
+pub fn lowbit_matmul(x: &[f32], m: usize, w: &QWeights) -> Result<Vec<f32>> {
+    if x.len() != m * w.k {
+        return Err(shape_err("x", format!("({m}, {}) to match packed", w.k), format!("{} elements", x.len())));
+    }
+    let (n, k) = (w.n, w.k);
+    if m == 0 || n == 0 {
+        return Ok(vec![0.0; m * n]);
+    }
+    if k == 0 {
+        return Ok(vec![0.0; m * n]);
+    }
+    if m < GEMM_MIN_M {
+        Ok(gemv(x, m, w))
+    } else {
+        Ok(gemm(x, m, w))
+    }
+}
+
+/// Per activation row and group: the sum of the activations (for zero points).
+fn group_sums(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
+    let mut s = vec![0.0f32; m * w.groups];
+    for mi in 0..m {
+        let xr = &x[mi * w.k..(mi + 1) * w.k];
+        for g in 0..w.groups {
+            let (a, b) = w.group_range(g);
+            s[mi * w.groups + g] = xr[a..b].iter().sum();
+        }
+    }
+    s
+}
+
+fn gemv(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
+    let xsum = if w.signed() { Vec::new() } else { group_sums(x, m, w) };
+    // Output transposed ([N, M]) so that each task writes one contiguous chunk.
+    let mut out_t = vec![0.0f32; w.n * m];
+    out_t
+        .par_chunks_mut(GEMV_ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each_init(
+            || vec![0i8; w.k],
+            |scratch, (task, chunk)| gemv_rows(w, x, m, &xsum, task * GEMV_ROWS_PER_TASK, chunk, scratch),
+        );
+    transpose(&out_t, w.n, m)
+}
+
+multiversion!(fn gemv_rows(w: &QWeights, x: &[f32], m: usize, xsum: &[f32], n0: usize, out: &mut [f32], scratch: &mut [i8]) => gemv_rows_impl);
+
+#[inline(always)]
+fn gemv_rows_impl(w: &QWeights, x: &[f32], m: usize, xsum: &[f32], n0: usize, out: &mut [f32], scratch: &mut [i8]) {
+    let k = w.k;
+    for (r, o) in out.chunks_exact_mut(m).enumerate() {
+        let n = n0 + r;
+        w.decode_row(n, scratch);
+        let scales = &w.scales[n * w.groups..(n + 1) * w.groups];
+        for (mi, om) in o.iter_mut().enumerate() {
+            let xr = &x[mi * k..(mi + 1) * k];
+            let mut lanes = [0.0f32; LANES];
+            let mut tail = 0.0f32;
+            for (g, &s) in scales.iter().enumerate() {
+                let (a, b) = w.group_range(g);
+                let (acc, t) = if w.signed() {
+                    dot_lanes(&xr[a..b], &scratch[a..b], |c| c as f32)
+                } else {
+                    dot_lanes(&xr[a..b], &scratch[a..b], |c| c as u8 as f32)
+                };
+                for i in 0..LANES {
+                    lanes[i] += s * acc[i];
+                }
+                tail += s * t;
+                if let Some(z) = w.zero_points {
+                    tail -= s * (z[n * w.groups + g] * xsum[mi * w.groups + g]);
+                }
+            }
+            *om = reduce_lanes(&lanes) + tail;
+        }
+    }
+}
+
+/// Lane-wise dot product of `x` and decoded codes: (per-lane partial sums, sum of the tail).
+#[inline(always)]
+fn dot_lanes(x: &[f32], q: &[i8], val: impl Fn(i8) -> f32) -> ([f32; LANES], f32) {
+    let mut acc = [0.0f32; LANES];
+    let xc = x.chunks_exact(LANES);
+    let qc = q.chunks_exact(LANES);
+    let (xt, qt) = (xc.remainder(), qc.remainder());
+    for (xa, qa) in xc.zip(qc) {
+        for i in 0..LANES {
+            acc[i] += xa[i] * val(qa[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (&a, &c) in xt.iter().zip(qt) {
+        tail += a * val(c);
+    }
+    (acc, tail)
+}
+
+/// Pairwise sum of the lanes in a fixed order.
+#[inline(always)]
+fn reduce_lanes(l: &[f32; LANES]) -> f32 {
+    let mut h = [0.0f32; LANES / 2];
+    for i in 0..LANES / 2 {
+        h[i] = l[i] + l[i + LANES / 2];
+    }
+    let mut q = [0.0f32; LANES / 4];
+    for i in 0..LANES / 4 {
+        q[i] = h[i] + h[i + LANES / 4];
+    }
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Weight rows per dequantized panel: about 256 KiB of f32, between 8 and 128 rows.
+fn panel_rows(k: usize) -> usize {
+    ((65536 / k.max(1)) / 8 * 8).clamp(8, 128)
+}
+
+fn gemm(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
+    let (n, k) = (w.n, w.k);
+    let nb = panel_rows(k);
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(nb))
+        .into_par_iter()
+        .map_init(
+            || (vec![0i8; k], vec![0.0f32; nb * k]),
+            |(scratch, panel), b| {
+                let n0 = b * nb;
+                let rows = nb.min(n - n0);
+                dequant_panel(w, n0, rows, scratch, panel);
+                let mut c = vec![0.0f32; m * rows];
+                // SAFETY: a is [m, k] row-major, the panel holds rows × k dequantized weights read
+                // as its transpose [k, rows] (row stride 1, column stride k), c is [m, rows].
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m, k, rows, 1.0,
+                        x.as_ptr(), k as isize, 1,
+                        panel.as_ptr(), 1, k as isize,
+                        0.0,
+                        c.as_mut_ptr(), rows as isize, 1,
+                    );
+                }
+                (n0, c)
+            },
+        )
+        .collect();
+    let mut out = vec![0.0f32; m * n];
+    for (n0, c) in blocks {
+        let rows = c.len() / m;
+        for mi in 0..m {
+            out[mi * n + n0..mi * n + n0 + rows].copy_from_slice(&c[mi * rows..(mi + 1) * rows]);
+        }
+    }
+    out
+}
+
+multiversion!(fn dequant_panel(w: &QWeights, n0: usize, rows: usize, scratch: &mut [i8], panel: &mut [f32]) => dequant_panel_impl);
+
+#[inline(always)]
+fn dequant_panel_impl(w: &QWeights, n0: usize, rows: usize, scratch: &mut [i8], panel: &mut [f32]) {
+    let k = w.k;
+    for r in 0..rows {
+        let n = n0 + r;
+        w.decode_row(n, scratch);
+        let dst = &mut panel[r * k..(r + 1) * k];
+        for g in 0..w.groups {
+            let (a, b) = w.group_range(g);
+            let s = w.scales[n * w.groups + g];
+            match w.zero_points {
+                None => {
+                    for (d, &c) in dst[a..b].iter_mut().zip(&scratch[a..b]) {
+                        *d = s * c as f32;
+                    }
+                }
+                Some(z) => {
+                    let z = z[n * w.groups + g];
+                    for (d, &c) in dst[a..b].iter_mut().zip(&scratch[a..b]) {
+                        *d = s * (c as u8 as f32 - z);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dequantize the whole matrix (testing and debugging aid; the kernels never do this).
+pub fn dequantize(w: &QWeights) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.n * w.k];
+    let mut scratch = vec![0i8; w.k];
+    if w.k > 0 {
+        dequant_panel(w, 0, w.n, &mut scratch, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{code_range, pack_bits, row_bytes};
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    /// Random codes/scales/x; compare both schedules with a float64 evaluation.
+    fn check(m: usize, n: usize, k: usize, bits: u32, gs: usize, asym: bool) {
+        let mut seed = (m * 31 + n * 7 + k * 3 + bits as usize + gs) as u64;
+        let (lo, hi) = code_range(bits, !asym);
+        let codes: Vec<u8> = (0..n * k)
+            .map(|_| (lo + (lcg(&mut seed) as i64 % (hi - lo + 1))) as i8 as u8)
+            .collect();
+        let packed = pack_bits(&codes, n, k, bits as i64, !asym).unwrap();
+        let groups = k.div_ceil(gs);
+        let scales: Vec<f32> = (0..n * groups).map(|_| (lcg(&mut seed) % 1000) as f32 / 1e4 + 0.01).collect();
+        let zeros: Vec<f32> = (0..n * groups).map(|_| (lcg(&mut seed) % (1 << bits)) as f32).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let zp = if asym { Some((zeros.as_slice(), (n, groups))) } else { None };
+        let w = QWeights::new(&packed, (n, row_bytes(k, bits)), &scales, (n, groups), zp, k, bits as i64, gs as i64)
+            .unwrap();
+        let y = lowbit_matmul(&x, m, &w).unwrap();
+        for mi in 0..m {
+            for ni in 0..n {
+                let (mut want, mut mag) = (0.0f64, 0.0f64);
+                for kk in 0..k {
+                    let g = kk / gs;
+                    let c = if asym { codes[ni * k + kk] as f64 - zeros[ni * groups + g] as f64 } else { codes[ni * k + kk] as i8 as f64 };
+                    let wv = scales[ni * groups + g] as f64 * c;
+                    want += x[mi * k + kk] as f64 * wv;
+                    mag += (x[mi * k + kk] as f64 * wv).abs();
+                }
+                let got = y[mi * n + ni] as f64;
+                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "m{mi} n{ni}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_float64_both_schedules() {
+        for &(m, n, k) in &[(1, 5, 64), (3, 17, 100), (9, 33, 129), (16, 40, 256)] {
+            for bits in 1..=8 {
+                for &gs in &[1, 7, 32, 64, k] {
+                    check(m, n, k, bits, gs, false);
+                    check(m, n, k, bits, gs, true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_shapes() {
+        let w = QWeights::new(&[], (0, 2), &[], (0, 1), None, 4, 4, 4).unwrap();
+        assert_eq!(lowbit_matmul(&[0.0; 8], 2, &w).unwrap().len(), 0);
+        let w = QWeights::new(&[], (3, 0), &[], (3, 0), None, 0, 4, 4).unwrap();
+        assert_eq!(lowbit_matmul(&[], 2, &w).unwrap(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes() {
+        assert!(QWeights::new(&[0; 6], (2, 3), &[1.0; 2], (2, 1), None, 8, 4, 8).is_err());
+        assert!(QWeights::new(&[0; 8], (2, 4), &[1.0; 2], (2, 1), None, 8, 4, 4).is_err());
+        assert!(QWeights::new(&[0; 8], (2, 4), &[1.0; 4], (2, 2), None, 8, 4, 0).is_err());
+        let w = QWeights::new(&[0; 8], (2, 4), &[1.0; 2], (2, 1), None, 8, 4, 8).unwrap();
+        assert!(lowbit_matmul(&[0.0; 7], 1, &w).is_err());
+    }
+}
