@@ -10,6 +10,8 @@ pub mod pack;
 pub mod qweights;
 pub mod simd;
 pub mod spike;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 #[cfg(feature = "python")]
 mod py;

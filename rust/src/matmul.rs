@@ -56,6 +56,25 @@ fn gemv(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
     let xsum = if w.signed() { Vec::new() } else { group_sums(x, m, w) };
     // Output transposed ([N, M]) so that each task writes one contiguous chunk.
     let mut out_t = vec![0.0f32; w.n * m];
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() == crate::simd::Isa::Avx512 {
+        use crate::x86;
+        if x86::lut_gemv_applies(w) {
+            let xp = x86::planar(x, m, w.k, w.bits);
+            out_t.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+                // SAFETY: AVX-512 F/BW/VL present (isa() checked); shapes validated by QWeights.
+                unsafe { x86::gemv_lut_rows(w, &xp, m, task * GEMV_ROWS_PER_TASK, chunk) }
+            });
+            return transpose(&out_t, w.n, m);
+        }
+        if x86::gemv8_applies(w) {
+            out_t.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+                // SAFETY: as above.
+                unsafe { x86::gemv8_rows(w, x, m, &xsum, task * GEMV_ROWS_PER_TASK, chunk) }
+            });
+            return transpose(&out_t, w.n, m);
+        }
+    }
     out_t
         .par_chunks_mut(GEMV_ROWS_PER_TASK * m)
         .enumerate()
@@ -142,33 +161,41 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// Weight rows per dequantized panel: about 256 KiB of f32, between 8 and 128 rows.
-fn panel_rows(k: usize) -> usize {
-    ((65536 / k.max(1)) / 8 * 8).clamp(8, 128)
-}
+/// Weight rows per task of the matrix–matrix schedule.
+const PANEL_ROWS: usize = 128;
+/// Input columns per dequantized panel (PANEL_ROWS × PANEL_K f32 = 256 KiB, in L2).
+const PANEL_K: usize = 512;
 
 fn gemm(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
     let (n, k) = (w.n, w.k);
-    let nb = panel_rows(k);
+    let nb = PANEL_ROWS;
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(nb))
         .into_par_iter()
         .map_init(
-            || (vec![0i8; k], vec![0.0f32; nb * k]),
-            |(scratch, panel), b| {
+            || (vec![0i8; nb * k], vec![0.0f32; nb * PANEL_K]),
+            |(codes, panel), b| {
                 let n0 = b * nb;
                 let rows = nb.min(n - n0);
-                dequant_panel(w, n0, rows, scratch, panel);
+                for r in 0..rows {
+                    w.decode_row(n0 + r, &mut codes[r * k..(r + 1) * k]);
+                }
                 let mut c = vec![0.0f32; m * rows];
-                // SAFETY: a is [m, k] row-major, the panel holds rows × k dequantized weights read
-                // as its transpose [k, rows] (row stride 1, column stride k), c is [m, rows].
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m, k, rows, 1.0,
-                        x.as_ptr(), k as isize, 1,
-                        panel.as_ptr(), 1, k as isize,
-                        0.0,
-                        c.as_mut_ptr(), rows as isize, 1,
-                    );
+                for k0 in (0..k).step_by(PANEL_K) {
+                    let kc = PANEL_K.min(k - k0);
+                    dequant_panel(w, codes, n0, rows, k0, kc, panel);
+                    // SAFETY: x is [m, k] row-major (columns k0..k0+kc start at x + k0, row
+                    // stride k); the panel holds rows × kc weights, read as its transpose
+                    // [kc, rows] (row stride 1, column stride kc); c is [m, rows]. beta = 1
+                    // accumulates the k-panels in order.
+                    unsafe {
+                        matrixmultiply::sgemm(
+                            m, kc, rows, 1.0,
+                            x.as_ptr().add(k0), k as isize, 1,
+                            panel.as_ptr(), 1, kc as isize,
+                            1.0,
+                            c.as_mut_ptr(), rows as isize, 1,
+                        );
+                    }
                 }
                 (n0, c)
             },
@@ -184,43 +211,39 @@ fn gemm(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
     out
 }
 
-multiversion!(fn dequant_panel(w: &QWeights, n0: usize, rows: usize, scratch: &mut [i8], panel: &mut [f32]) => dequant_panel_impl);
+multiversion!(fn dequant_panel(w: &QWeights, codes: &[i8], n0: usize, rows: usize, k0: usize, kc: usize, panel: &mut [f32]) => dequant_panel_impl);
 
+/// Dequantize columns `k0..k0+kc` of rows `n0..n0+rows` (codes already decoded, `[rows, K]`)
+/// into `panel` (`[rows, kc]`).
 #[inline(always)]
-fn dequant_panel_impl(w: &QWeights, n0: usize, rows: usize, scratch: &mut [i8], panel: &mut [f32]) {
+fn dequant_panel_impl(w: &QWeights, codes: &[i8], n0: usize, rows: usize, k0: usize, kc: usize, panel: &mut [f32]) {
     let k = w.k;
     for r in 0..rows {
         let n = n0 + r;
-        w.decode_row(n, scratch);
-        let dst = &mut panel[r * k..(r + 1) * k];
-        for g in 0..w.groups {
-            let (a, b) = w.group_range(g);
+        let src = &codes[r * k..(r + 1) * k];
+        let dst = &mut panel[r * kc..(r + 1) * kc];
+        let mut col = k0;
+        while col < k0 + kc {
+            let g = col / w.group_size;
+            let end = ((g + 1) * w.group_size).min(k0 + kc);
             let s = w.scales[n * w.groups + g];
+            let (d, c) = (&mut dst[col - k0..end - k0], &src[col..end]);
             match w.zero_points {
                 None => {
-                    for (d, &c) in dst[a..b].iter_mut().zip(&scratch[a..b]) {
+                    for (d, &c) in d.iter_mut().zip(c) {
                         *d = s * c as f32;
                     }
                 }
                 Some(z) => {
                     let z = z[n * w.groups + g];
-                    for (d, &c) in dst[a..b].iter_mut().zip(&scratch[a..b]) {
+                    for (d, &c) in d.iter_mut().zip(c) {
                         *d = s * (c as u8 as f32 - z);
                     }
                 }
             }
+            col = end;
         }
     }
-}
-
-/// Dequantize the whole matrix (testing and debugging aid; the kernels never do this).
-pub fn dequantize(w: &QWeights) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.n * w.k];
-    let mut scratch = vec![0i8; w.k];
-    if w.k > 0 {
-        dequant_panel(w, 0, w.n, &mut scratch, &mut out);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ struct Spikes {
     /// group's indices (`G + 1` entries).
     active: Vec<Vec<u32>>,
     offsets: Vec<Vec<u32>>,
+    /// AVX-512 4-bit row-wise path: per row, the spike masks in nibble order.
+    nibbles: Vec<Vec<[u8; 64]>>,
 }
 
 impl Spikes {
@@ -78,7 +80,13 @@ impl Spikes {
                 }
             }
         }
-        Spikes { m, k, groups, counts, masks, active, offsets }
+        let mut nibbles = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if !tiled && use_nibble_path(w) {
+            nibbles = (0..m).map(|mi| crate::x86::nibble_masks(&spikes[mi * sb..(mi + 1) * sb], k)).collect();
+            masks = Vec::new();
+        }
+        Spikes { m, k, groups, counts, masks, active, offsets, nibbles }
     }
 }
 
@@ -107,20 +115,33 @@ pub fn spike_matmul(spikes: &[u8], m: usize, w: &QWeights) -> Result<Vec<f32>> {
         out_t
     } else {
         let mut out_t = vec![0.0f32; n * m];
+        #[cfg(target_arch = "x86_64")]
+        if !sp.nibbles.is_empty() {
+            out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+                // SAFETY: AVX2 present (use_nibble_path checked isa()); K and the group size are
+                // multiples of 64, so every 32-byte unit lies inside its row.
+                unsafe { crate::x86::spike4_rows(w, &sp.nibbles, &sp.counts, task * ROWS_PER_TASK, chunk, group_value) }
+            });
+            return Ok(transpose_to_mn(&out_t, n, m));
+        }
         out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each_init(
             || vec![0i8; w.k],
             |scratch, (task, chunk)| spike_rows(w, &sp, task * ROWS_PER_TASK, chunk, scratch),
         );
         out_t
     };
-    // [N, M] → [M, N]
+    Ok(transpose_to_mn(&out_t, n, m))
+}
+
+/// `[N, M]` → `[M, N]`.
+fn transpose_to_mn(out_t: &[f32], n: usize, m: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     for ni in 0..n {
         for mi in 0..m {
             out[mi * n + ni] = out_t[ni * m + mi];
         }
     }
-    Ok(out)
+    out
 }
 
 /// The float part shared by both schedules: one group's contribution.
@@ -130,6 +151,11 @@ fn group_value(scale: f32, zero: Option<f32>, sum: i32, count: u32) -> f32 {
         None => scale * sum as f32,
         Some(z) => scale * (sum as f32 - z * count as f32),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn use_nibble_path(w: &QWeights) -> bool {
+    crate::simd::isa() >= crate::simd::Isa::Avx2 && crate::x86::spike4_applies(w)
 }
 
 multiversion!(fn spike_rows(w: &QWeights, sp: &Spikes, n0: usize, out: &mut [f32], scratch: &mut [i8]) => spike_rows_impl);
