@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from qslm import _kernels
-from qslm.errors import CodeRangeError, DTypeError
+from qslm.errors import BitWidthError, CodeRangeError, DTypeError, ShapeError
 
 __all__ = [
     "row_bytes",
@@ -42,6 +42,10 @@ num_threads = _kernels.num_threads
 
 def row_bytes(n: int, bits: int) -> int:
     """Bytes taken by one packed row of ``n`` codes of ``bits`` bits."""
+    if not 1 <= bits <= 8:
+        raise BitWidthError(f"bits must be an integer from 1 to 8, got {bits}")
+    if n < 0:
+        raise ShapeError(f"n must be >= 0, got {n}")
     return (n * bits + 7) // 8
 
 

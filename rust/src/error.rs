@@ -25,10 +25,10 @@ pub enum KernelError {
 
     /// A code that does not fit in the requested bit width.
     #[error(
-        "values: element {index} is {value}, which does not fit in {bits}-bit {kind} codes \
-         (valid range {lo}..={hi})"
+        "values: element {index} (row {row}, column {col}) is {value}, which does not fit in \
+         {bits}-bit {kind} codes (valid range {lo}..={hi})"
     )]
-    CodeRange { index: usize, value: i64, bits: u32, kind: &'static str, lo: i64, hi: i64 },
+    CodeRange { index: usize, row: usize, col: usize, value: i64, bits: u32, kind: &'static str, lo: i64, hi: i64 },
 
     /// A scalar parameter outside its domain.
     #[error("{name} must be {requirement}, got {value}")]

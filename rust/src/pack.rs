@@ -34,7 +34,7 @@ pub fn pack_bits(values: &[u8], rows: usize, n: usize, bits: i64, signed: bool) 
             got: format!("{} elements", values.len()),
         });
     }
-    check_range(values, bits, signed)?;
+    check_range(values, n, bits, signed)?;
     let rb = row_bytes(n, bits);
     let mut out = vec![0u8; rows * rb];
     if rb == 0 {
@@ -47,7 +47,7 @@ pub fn pack_bits(values: &[u8], rows: usize, n: usize, bits: i64, signed: bool) 
     Ok(out)
 }
 
-fn check_range(values: &[u8], bits: u32, signed: bool) -> Result<()> {
+fn check_range(values: &[u8], n: usize, bits: u32, signed: bool) -> Result<()> {
     if bits == 8 {
         return Ok(());
     }
@@ -66,6 +66,8 @@ fn check_range(values: &[u8], bits: u32, signed: bool) -> Result<()> {
             let value = if signed { values[index] as i8 as i64 } else { values[index] as i64 };
             Err(KernelError::CodeRange {
                 index,
+                row: index / n.max(1),
+                col: index % n.max(1),
                 value,
                 bits,
                 kind: if signed { "signed" } else { "unsigned" },
@@ -122,7 +124,7 @@ pub fn unpack_bits(packed: &[u8], rows: usize, n: usize, bits: i64, signed: bool
             name: "packed",
             expected: rb,
             got: if rows == 0 { packed.len() } else { packed.len() / rows.max(1) },
-            detail: format!("{n} codes of {bits} bits; {rows} rows, {} bytes in all", packed.len()),
+            detail: format!("{n} codes of {bits} bit(s) each; {rows} rows, {} bytes in all", packed.len()),
         });
     }
     let mut out = vec![0u8; rows * n];

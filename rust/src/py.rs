@@ -58,10 +58,10 @@ fn array<'py, T: Element>(obj: &Bound<'py, PyAny>, name: &str, ndims: &[usize], 
     if !ndims.contains(&untyped.ndim()) {
         let allowed: Vec<String> = ndims.iter().map(|d| format!("{d}-D")).collect();
         return Err(ShapeError::new_err(format!(
-            "{name} must be {}, got a {}-D array of shape {:?}",
+            "{name} must be {}, got a {}-D array of shape {}",
             allowed.join(" or "),
             untyped.ndim(),
-            untyped.shape()
+            fmt_shape(untyped.shape())
         )));
     }
     if !untyped.dtype().is_equiv_to(&dtype::<T>(py)) {
@@ -69,8 +69,8 @@ fn array<'py, T: Element>(obj: &Bound<'py, PyAny>, name: &str, ndims: &[usize], 
     }
     if !untyped.is_c_contiguous() {
         return Err(LayoutError::new_err(format!(
-            "{name} must be C-contiguous (got a strided view of shape {:?}; use numpy.ascontiguousarray)",
-            untyped.shape()
+            "{name} must be C-contiguous (got a strided view of shape {}; use numpy.ascontiguousarray)",
+            fmt_shape(untyped.shape())
         )));
     }
     let shape = untyped.shape().to_vec();
@@ -80,6 +80,14 @@ fn array<'py, T: Element>(obj: &Bound<'py, PyAny>, name: &str, ndims: &[usize], 
         .try_readonly()
         .map_err(|e| LayoutError::new_err(format!("{name} cannot be read: {e}")))?;
     Ok(Arg { arr, shape })
+}
+
+/// A shape the way numpy prints it: `(3, 5)`, `(7,)`.
+fn fmt_shape(s: &[usize]) -> String {
+    match s {
+        [d] => format!("({d},)"),
+        _ => format!("({})", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    }
 }
 
 fn opt_array<'py, T: Element>(obj: Option<&Bound<'py, PyAny>>, name: &str, ndims: &[usize], want: &str) -> PyResult<Option<Arg<'py, T>>> {
@@ -145,7 +153,7 @@ fn unpack_bits<'py>(py: Python<'py>, packed: &Bound<'py, PyAny>, bits: i64, n: i
             name: "packed",
             expected: rb,
             got: cols,
-            detail: format!("{n} codes of {bits_u} bits"),
+            detail: format!("{n} codes of {bits_u} bit(s) each"),
         }));
     }
     let s = a.slice();

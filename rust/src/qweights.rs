@@ -46,7 +46,7 @@ impl<'a> QWeights<'a> {
                 name: "packed",
                 expected: rb,
                 got: packed_shape.1,
-                detail: format!("K = {k} inputs of {bits} bits"),
+                detail: format!("K = {k} inputs (the last dimension of the activations) of {bits} bit(s) each"),
             });
         }
         if scales_shape != (n, groups) || scales.len() != n * groups {

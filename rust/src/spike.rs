@@ -22,6 +22,8 @@ use rayon::prelude::*;
 pub const TILE_MIN_M: usize = 8;
 /// Weight rows per tile.
 const TILE: usize = 64;
+/// Active columns summed in 16-bit lanes before widening (128 · 255 < 2^15).
+const I16_RUN: usize = 128;
 /// Weight rows per task in the row-wise schedule.
 const ROWS_PER_TASK: usize = 16;
 
@@ -106,34 +108,48 @@ pub fn spike_matmul(spikes: &[u8], m: usize, w: &QWeights) -> Result<Vec<f32>> {
     }
     let tiled = m >= TILE_MIN_M;
     let sp = Spikes::new(spikes, m, w, tiled);
-    let out_t = if tiled {
-        let mut out_t = vec![0.0f32; n * m];
-        out_t.par_chunks_mut(TILE * m).enumerate().for_each_init(
-            || (vec![0i8; w.k], vec![0i8; w.k * TILE]),
-            |(scratch, tile), (b, chunk)| spike_tile(w, &sp, b * TILE, chunk, scratch, tile),
-        );
-        out_t
-    } else {
-        let mut out_t = vec![0.0f32; n * m];
-        #[cfg(target_arch = "x86_64")]
-        if !sp.nibbles.is_empty() {
-            out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
-                // SAFETY: AVX2 present (use_nibble_path checked isa()); K and the group size are
-                // multiples of 64, so every 32-byte unit lies inside its row.
-                unsafe { crate::x86::spike4_rows(w, &sp.nibbles, &sp.counts, task * ROWS_PER_TASK, chunk, group_value) }
-            });
-            return Ok(transpose_to_mn(&out_t, n, m));
+    if tiled {
+        // Each task returns its tile's outputs as [m, rows]; rows are then copied into place.
+        let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TILE))
+            .into_par_iter()
+            .map_init(
+                || (vec![0i8; w.k], vec![0i8; w.k * TILE]),
+                |(scratch, tile), b| {
+                    let n0 = b * TILE;
+                    let rows = TILE.min(n - n0);
+                    let mut c = vec![0.0f32; m * rows];
+                    spike_tile(w, &sp, n0, &mut c, scratch, tile);
+                    (n0, c)
+                },
+            )
+            .collect();
+        let mut out = vec![0.0f32; m * n];
+        for (n0, c) in tiles {
+            let rows = c.len() / m;
+            for mi in 0..m {
+                out[mi * n + n0..mi * n + n0 + rows].copy_from_slice(&c[mi * rows..(mi + 1) * rows]);
+            }
         }
-        out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each_init(
-            || vec![0i8; w.k],
-            |scratch, (task, chunk)| spike_rows(w, &sp, task * ROWS_PER_TASK, chunk, scratch),
-        );
-        out_t
-    };
+        return Ok(out);
+    }
+    let mut out_t = vec![0.0f32; n * m];
+    #[cfg(target_arch = "x86_64")]
+    if !sp.nibbles.is_empty() {
+        out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+            // SAFETY: AVX2 present (use_nibble_path checked isa()); K and the group size are
+            // multiples of 64, so every 32-byte unit lies inside its row.
+            unsafe { crate::x86::spike4_rows(w, &sp.nibbles, &sp.counts, task * ROWS_PER_TASK, chunk, group_value) }
+        });
+        return Ok(transpose_to_mn(&out_t, n, m));
+    }
+    out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each_init(
+        || vec![0i8; w.k],
+        |scratch, (task, chunk)| spike_rows(w, &sp, task * ROWS_PER_TASK, chunk, scratch),
+    );
     Ok(transpose_to_mn(&out_t, n, m))
 }
 
-/// `[N, M]` → `[M, N]`.
+/// `[N, M]` → `[M, N]` (the row-wise schedule's M is below TILE_MIN_M, so this is cheap).
 fn transpose_to_mn(out_t: &[f32], n: usize, m: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     for ni in 0..n {
@@ -223,6 +239,17 @@ fn spike_tile_impl(w: &QWeights, sp: &Spikes, n0: usize, out: &mut [f32], scratc
             tile[kk * TILE + j] = scratch[kk];
         }
     }
+    // Scales and zero points of the tile, transposed to [G, TILE] for lane-wise use.
+    let mut st = vec![0.0f32; groups * TILE];
+    let mut zt = vec![0.0f32; if w.zero_points.is_some() { groups * TILE } else { 0 }];
+    for j in 0..rows {
+        for g in 0..groups {
+            st[g * TILE + j] = w.scales[(n0 + j) * groups + g];
+            if let Some(z) = w.zero_points {
+                zt[g * TILE + j] = z[(n0 + j) * groups + g];
+            }
+        }
+    }
     let signed = w.signed();
     let mut res = [0.0f32; TILE];
     for mi in 0..m {
@@ -235,27 +262,40 @@ fn spike_tile_impl(w: &QWeights, sp: &Spikes, n0: usize, out: &mut [f32], scratc
                 continue;
             }
             let mut acc = [0i32; TILE];
-            for &kk in &idx[off[g] as usize..off[g + 1] as usize] {
-                let col = &tile[kk as usize * TILE..(kk as usize + 1) * TILE];
-                if signed {
-                    for j in 0..TILE {
-                        acc[j] += col[j] as i32;
-                    }
-                } else {
-                    for j in 0..TILE {
-                        acc[j] += col[j] as u8 as i32;
+            // i16 lanes hold at most I16_RUN codes of 8 bits (|sum| ≤ 128 · 255 < 2^15).
+            for run in idx[off[g] as usize..off[g + 1] as usize].chunks(I16_RUN) {
+                let mut acc16 = [0i16; TILE];
+                for &kk in run {
+                    let col: &[i8; TILE] = tile[kk as usize * TILE..(kk as usize + 1) * TILE].try_into().unwrap();
+                    if signed {
+                        for j in 0..TILE {
+                            acc16[j] = acc16[j].wrapping_add(col[j] as i16);
+                        }
+                    } else {
+                        for j in 0..TILE {
+                            acc16[j] = acc16[j].wrapping_add(col[j] as u8 as i16);
+                        }
                     }
                 }
+                for j in 0..TILE {
+                    acc[j] += acc16[j] as i32;
+                }
             }
-            for j in 0..rows {
-                let n = n0 + j;
-                let zero = w.zero_points.map(|z| z[n * groups + g]);
-                res[j] += group_value(w.scales[n * groups + g], zero, acc[j], count);
+            // Same float formula as `group_value`, lane-wise.
+            let s = &st[g * TILE..(g + 1) * TILE];
+            let c = count as f32;
+            if zt.is_empty() {
+                for j in 0..TILE {
+                    res[j] += s[j] * acc[j] as f32;
+                }
+            } else {
+                let z = &zt[g * TILE..(g + 1) * TILE];
+                for j in 0..TILE {
+                    res[j] += s[j] * (acc[j] as f32 - z[j] * c);
+                }
             }
         }
-        for j in 0..rows {
-            out[j * m + mi] = res[j];
-        }
+        out[mi * rows..(mi + 1) * rows].copy_from_slice(&res[..rows]);
     }
 }
 
