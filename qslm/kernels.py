@@ -102,6 +102,11 @@ def pack_spikes(spikes01: Any) -> Any:
     return io.out(_kernels.pack_bits(np.ascontiguousarray(s01, dtype=np.uint8), 1))
 
 
+def _all_numpy(*arrays: Any) -> bool:
+    """True when no argument needs converting (the common, fastest path)."""
+    return all(a is None or type(a) is np.ndarray for a in arrays)
+
+
 def _group(group_size: int | None, k: int) -> int:
     return max(k, 1) if group_size is None else group_size
 
@@ -110,6 +115,8 @@ def lowbit_matmul(
     x: Any, packed: Any, scales: Any, bits: int, group_size: int | None, zero_points: Any = None
 ) -> Any:
     """``x · dequant(W)ᵀ``: x float32 ``(M, K)`` → float32 ``(M, N)``. ``group_size=None`` is per-row."""
+    if group_size is not None and _all_numpy(x, packed, scales, zero_points):
+        return _kernels.lowbit_matmul(x, packed, scales, bits, group_size, zero_points)
     io = _Io()
     xa = io.np(x, "x")
     k = xa.shape[-1] if xa.ndim >= 1 else 0
@@ -130,6 +137,8 @@ def spike_matmul(
     zero_points: Any = None,
 ) -> Any:
     """Spike accumulation: bit-packed spikes uint8 ``(M, ceil(k/8))`` × packed W → float32 ``(M, N)``."""
+    if group_size is not None and _all_numpy(spikes, packed, scales, zero_points):
+        return _kernels.spike_matmul(spikes, k, packed, scales, bits, group_size, zero_points)
     io = _Io()
     y = _kernels.spike_matmul(
         io.np(spikes, "spikes"), k, io.np(packed, "packed"), io.np(scales, "scales"), bits,

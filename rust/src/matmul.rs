@@ -15,8 +15,17 @@ use rayon::prelude::*;
 
 /// Batch size from which the matrix–matrix schedule is used.
 pub const GEMM_MIN_M: usize = 8;
-/// Weight rows per task in the matrix–vector schedule.
-const GEMV_ROWS_PER_TASK: usize = 16;
+/// Multiply-adds per task in the matrix–vector schedule (enough work per task that rayon's
+/// splitting and stealing stay small next to it; small matrices then run as a few tasks).
+const GEMV_WORK_PER_TASK: usize = 1 << 16;
+
+/// Weight rows per task: at least 8, about GEMV_WORK_PER_TASK multiply-adds, and at least
+/// 2 tasks per pool thread when the matrix allows it.
+fn gemv_rows_per_task(n: usize, k: usize, m: usize) -> usize {
+    let by_work = GEMV_WORK_PER_TASK / (k * m).max(1);
+    let by_balance = n.div_ceil(2 * rayon::current_num_threads());
+    by_work.min(by_balance).max(8)
+}
 /// Float lanes of the accumulators (fixes the summation order on every ISA).
 const LANES: usize = 16;
 
@@ -56,31 +65,32 @@ fn gemv(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
     let xsum = if w.signed() { Vec::new() } else { group_sums(x, m, w) };
     // Output transposed ([N, M]) so that each task writes one contiguous chunk.
     let mut out_t = vec![0.0f32; w.n * m];
+    let rpt = gemv_rows_per_task(w.n, w.k, m);
     #[cfg(target_arch = "x86_64")]
     if crate::simd::isa() == crate::simd::Isa::Avx512 {
         use crate::x86;
         if x86::lut_gemv_applies(w) {
             let xp = x86::planar(x, m, w.k, w.bits);
-            out_t.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+            out_t.par_chunks_mut(rpt * m).enumerate().for_each(|(task, chunk)| {
                 // SAFETY: AVX-512 F/BW/VL present (isa() checked); shapes validated by QWeights.
-                unsafe { x86::gemv_lut_rows(w, &xp, m, task * GEMV_ROWS_PER_TASK, chunk) }
+                unsafe { x86::gemv_lut_rows(w, &xp, m, task * rpt, chunk) }
             });
             return transpose(&out_t, w.n, m);
         }
         if x86::gemv8_applies(w) {
-            out_t.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+            out_t.par_chunks_mut(rpt * m).enumerate().for_each(|(task, chunk)| {
                 // SAFETY: as above.
-                unsafe { x86::gemv8_rows(w, x, m, &xsum, task * GEMV_ROWS_PER_TASK, chunk) }
+                unsafe { x86::gemv8_rows(w, x, m, &xsum, task * rpt, chunk) }
             });
             return transpose(&out_t, w.n, m);
         }
     }
     out_t
-        .par_chunks_mut(GEMV_ROWS_PER_TASK * m)
+        .par_chunks_mut(rpt * m)
         .enumerate()
         .for_each_init(
             || vec![0i8; w.k],
-            |scratch, (task, chunk)| gemv_rows(w, x, m, &xsum, task * GEMV_ROWS_PER_TASK, chunk, scratch),
+            |scratch, (task, chunk)| gemv_rows(w, x, m, &xsum, task * rpt, chunk, scratch),
         );
     transpose(&out_t, w.n, m)
 }
