@@ -38,3 +38,54 @@ class LayoutError(QslmError):
 
 class CodeRangeError(QslmError):
     """An integer code that does not fit in the requested bit width."""
+
+
+# --- data sets and tokenizers (qslm.data) -------------------------------------------------------
+
+__all__ += ["DatasetError", "DataNotFoundError", "DownloadError", "ChecksumError", "TokenizerError"]
+
+
+class DatasetError(QslmError):
+    """A data set problem: unknown name or split, or a file that is not in the expected format."""
+
+
+class DataNotFoundError(DatasetError):
+    """A data set is in none of the places qslm looks, and could not be (or may not be) downloaded."""
+
+
+class DownloadError(DataNotFoundError):
+    """Downloading a data set failed (network, HTTP error, incomplete transfer or bad checksum)."""
+
+
+class ChecksumError(DatasetError):
+    """A data file exists but its size or sha256 differs from the official file's."""
+
+
+class TokenizerError(QslmError):
+    """A tokenizer file that is missing or is not a valid ``tokenizers`` JSON file."""
+
+
+# --- models and checkpoints (qslm.models) -------------------------------------------------------
+
+__all__ += ["ConfigError", "CheckpointError", "MissingKeyError", "UnexpectedKeyError",
+            "CheckpointShapeError"]
+
+
+class ConfigError(QslmError):
+    """A model configuration with an invalid or inconsistent value (the message names the field)."""
+
+
+class CheckpointError(QslmError):
+    """A checkpoint file that is missing, truncated, corrupt, or not a model state dict."""
+
+
+class MissingKeyError(CheckpointError):
+    """A checkpoint that lacks a tensor the model needs (the message names the key and shape)."""
+
+
+class UnexpectedKeyError(CheckpointError):
+    """A checkpoint that holds a tensor the model does not have (the message names the key)."""
+
+
+class CheckpointShapeError(CheckpointError, ShapeError):
+    """A checkpoint tensor whose shape differs from the model's (names key, expected, actual)."""

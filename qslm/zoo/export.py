@@ -1,0 +1,190 @@
+"""Bundle a finished training run: evaluate the fp16 weights users will get, write
+``qslm/zoo/NAME/{model.safetensors,tokenizer.json,card.json}`` and ``docs/models/NAME.md``."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qslm.errors import QslmError
+from qslm.zoo import bundled_dir
+
+DOCS_MODELS = Path(__file__).resolve().parents[2] / "docs" / "models"
+# Tokens of the WikiText-2 test split (or SST-2 dev sentences) in the fixed subset whose metric
+# the card records and a test reproduces from the bundle.
+SUBSET_TOKENS = 8192
+SUBSET_SENTENCES = 128
+# Windows (or sentences) over which the firing rates are measured.
+RATE_WINDOWS = 16
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lm_subset_nll(model: torch.nn.Module, test_ids: np.ndarray, ctx_len: int) -> float:
+    """Mean next-token NLL over the first SUBSET_TOKENS test tokens, in chunks of ctx_len + 1."""
+    ids = torch.from_numpy(test_ids[: SUBSET_TOKENS + 1].astype(np.int64))
+    windows = [ids[i : i + ctx_len + 1] for i in range(0, len(ids) - ctx_len - 1 + 1, ctx_len)]
+    w = torch.stack(windows)
+    with torch.no_grad():
+        _, loss = model(w[:, :-1], w[:, 1:])
+    return float(loss)
+
+
+def sst2_subset_accuracy(model: torch.nn.Module, dev: list, ctx_len: int) -> float:
+    from qslm.eval import classification_accuracy, classification_batches
+
+    res = classification_accuracy(model, classification_batches(dev[:SUBSET_SENTENCES], 64, max_len=ctx_len),
+                                  progress=False)
+    return float(res["accuracy"])
+
+
+def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | None,
+               progress: bool = True) -> Path:
+    """Evaluate the run's final checkpoint in fp16 form and bundle it; returns the card path."""
+    from qslm.data.datasets import resolve
+    from qslm.data.tokenizer import load_tokenizer
+    from qslm.eval import classification_accuracy, classification_batches, count_words, lm_perplexity
+    from qslm.models import SpikeGPT, SpikeGPTConfig, load_spikegpt, save_safetensors
+    from qslm.train import lm_tokens, sst2_examples
+
+    ckpt_path = run_dir / "ckpt.pt"
+    if not ckpt_path.exists():
+        raise QslmError(f"no checkpoint in {run_dir}: train it first (python -m qslm.train run {recipe.name})")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state["recipe"] != recipe.to_dict():
+        raise QslmError(f"{ckpt_path} was trained with another recipe than {recipe.name}")
+    if state["step"] < recipe.max_steps:
+        raise QslmError(f"{ckpt_path} stopped at step {state['step']} of {recipe.max_steps}: "
+                        f"resume it with python -m qslm.train run {recipe.name}")
+    model = SpikeGPT(SpikeGPTConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+
+    out = zoo or bundled_dir(recipe.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-", dir=out.parent))
+    try:
+        save_safetensors(model, staging / "model.safetensors")
+        shutil.copyfile(run_dir / "tokenizer.json", staging / "tokenizer.json")
+        # Every metric below is measured on the bundle as users load it (fp16 matrices).
+        bundle = load_spikegpt(staging / "model.safetensors")
+        tok = load_tokenizer(staging / "tokenizer.json")
+        metrics: dict[str, Any] = {}
+        if recipe.task == "lm":
+            _, ids = lm_tokens(run_dir, recipe, data_dir)
+            from qslm.data.datasets import load_wikitext2
+
+            for split in ("valid", "test"):
+                n_words = count_words(load_wikitext2(split, data_dir))
+                res = lm_perplexity(bundle, ids[split], ctx_len=recipe.ctx_len, batch_size=32,
+                                    n_words=n_words, bos_id=0, progress=progress)
+                metrics[split] = {k: res[k] for k in ("token_ppl", "word_ppl", "n_tokens_scored", "n_words")}
+            metrics["subset"] = {"what": f"mean NLL of the first {SUBSET_TOKENS} test tokens "
+                                         f"(windows of {recipe.ctx_len})",
+                                 "value": lm_subset_nll(bundle, ids["test"], recipe.ctx_len)}
+            w = torch.from_numpy(ids["test"][: RATE_WINDOWS * recipe.ctx_len].astype(np.int64))
+            with bundle.record_spikes() as rec, torch.no_grad():
+                bundle(w.view(RATE_WINDOWS, recipe.ctx_len))
+            data_files = ["wikitext-2-raw"]
+        else:
+            ex = sst2_examples(tok, data_dir)
+            res = classification_accuracy(bundle, classification_batches(ex["dev"], 64, max_len=recipe.ctx_len),
+                                          progress=progress)
+            metrics["dev"] = {"accuracy": res["accuracy"], "n": res["n"]}
+            metrics["subset"] = {"what": f"accuracy on the first {SUBSET_SENTENCES} dev sentences",
+                                 "value": sst2_subset_accuracy(bundle, ex["dev"], recipe.ctx_len)}
+            from qslm.eval import pad_batch
+
+            ids, mask = pad_batch([e[0] for e in ex["dev"][:RATE_WINDOWS * 4]], max_len=recipe.ctx_len)
+            with bundle.record_spikes() as rec, torch.no_grad():
+                bundle(ids, attention_mask=mask)
+            data_files = ["wikitext-2-raw", "sst2"]
+        rates = rec.rates()
+        checksums = {}
+        for name in data_files:
+            root = resolve(name, data_dir)
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and p.suffix in (".raw", ".tsv"):
+                    checksums[f"{name}/{p.name}"] = _sha256(p)
+        history = [json.loads(line) for line in open(run_dir / "metrics.jsonl", encoding="utf-8")]
+        card = {
+            "format_version": 1,
+            "name": recipe.name,
+            "recipe": recipe.to_dict(),
+            "command": f"python -m qslm.train run {recipe.name} && python -m qslm.train export {recipe.name}",
+            "config": bundle.config.to_dict(),
+            "parameters": sum(p.numel() for p in bundle.parameters()),
+            "bundle_bytes": os.path.getsize(staging / "model.safetensors") + os.path.getsize(staging / "tokenizer.json"),
+            "steps": state["step"],
+            "train_wall_s": state["wall_s"],
+            "metrics": metrics,
+            "firing_rates": rates,
+            "data_sha256": checksums,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            "exported": datetime.date.today().isoformat(),
+        }
+        with open(staging / "card.json", "w", encoding="utf-8") as f:
+            json.dump(card, f, indent=1)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return write_model_card(card, history)
+
+
+def write_model_card(card: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+    """docs/models/NAME.md (and NAME-curve.png, the training curve)."""
+    DOCS_MODELS.mkdir(parents=True, exist_ok=True)
+    name = card["name"]
+    from qslm.zoo.plots import training_curve
+
+    fig = training_curve(history, name)
+    fig.savefig(DOCS_MODELS / f"{name}-curve.png", dpi=110)
+    m = card["metrics"]
+    lines = [f"# {name}", "",
+             f"A SpikeGPT ({card['config']['n_layer']} blocks × {card['config']['n_embd']} channels, "
+             f"vocabulary {card['config']['vocab_size']}) trained by qslm on this machine: "
+             f"{card['machine']}.", "",
+             "Reproduce:", "", "```bash", card["command"], "```", "",
+             "| | |", "|---|---|",
+             f"| parameters | {card['parameters']:,} |",
+             f"| bundle size (fp16 matrices + tokenizer) | {card['bundle_bytes'] / 2**20:.2f} MiB |",
+             f"| seed | {card['recipe']['seed']} |",
+             f"| steps | {card['steps']:,} |",
+             f"| training wall time | {card['train_wall_s'] / 3600:.2f} h |"]
+    if "test" in m:
+        for split in ("valid", "test"):
+            lines.append(f"| WikiText-2 {split}: word-level / token-level perplexity | "
+                         f"{m[split]['word_ppl']:.1f} / {m[split]['token_ppl']:.2f} |")
+    if "dev" in m:
+        lines.append(f"| SST-2 dev accuracy | {100 * m['dev']['accuracy']:.2f} % ({m['dev']['n']} sentences) |")
+    lines.append(f"| fixed-subset check ({m['subset']['what']}) | {m['subset']['value']:.6f} |")
+    lines += ["", "Firing rates (fraction of LIF outputs that spike, measured on evaluation data):", "",
+              "| LIF | rate |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in card["firing_rates"].items()]
+    lines += ["", "Data (sha256):", ""] + [f"- `{k}`: `{v}`" for k, v in card["data_sha256"].items()]
+    lines += ["", f"Training curve: `{name}-curve.png`.", "",
+              "Recipe: " + ", ".join(f"{k} = {v}" for k, v in card["recipe"].items() if k != "name"), ""]
+    path = DOCS_MODELS / f"{name}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
