@@ -8,8 +8,9 @@ Writes ``report.json`` (SI units: bytes, J, s, W), ``report.md`` and three plots
 (``memory.png``, ``energy_blocks.png``, ``fp32_vs_plan.png``) into ``--out`` (default: a
 ``hwmodel-<device>`` folder next to the plan file, or ``out/hwmodel-<device>`` with ``--bits``).
 
-``--model`` takes ``spikegpt-216m`` or ``spikegpt:L,C,V`` for now; qslm model names will plug in
-through the workload protocol (an object with ``workload()``) once ``qslm.models`` provides it.
+``--model`` takes ``spikegpt-216m``, ``spikegpt:L,C,V``, or any model qslm can load (a bundled
+name such as ``spikegpt-mini-wt2``, or a checkpoint path): its workload then comes from the
+model's own ``workload()`` (the workload protocol).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hwmodel.cost import CostModel, CostReport
 from hwmodel.device import Device, list_presets, load_device, preset_path
 from hwmodel.errors import HwModelError
 from hwmodel.plan import Plan, read_plan_json
-from hwmodel.workload import Workload, as_workload
+from hwmodel.workload import MODEL_PRESETS, Workload, as_workload
 
 __all__ = ["FORMAT_VERSION", "build_report", "main", "render_markdown", "write_report"]
 
@@ -182,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=None,
                    help="with --bits: scale group size (default: one scale per output row)")
     p.add_argument("--model", default="spikegpt-216m",
-                   help="spikegpt-216m (default) or spikegpt:L,C,V")
+                   help="spikegpt-216m (default), spikegpt:L,C,V, or a qslm model (bundled name "
+                        "or checkpoint path)")
     p.add_argument("--spike-inputs", choices=("released", "idealized"), default="released",
                    help="released: every Linear takes real values (the checkpoint's arithmetic); "
                         "idealized: R/K/V and FFN take spikes (the SpikeGPT paper's accounting)")
@@ -198,13 +200,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _workload(args: argparse.Namespace) -> Workload:
+    """From a model string, or from a model qslm loads (through its ``workload()``)."""
+    spec = args.model.strip().lower()
+    if spec in MODEL_PRESETS or spec.startswith("spikegpt:"):
+        return as_workload(args.model, firing_rates=args.firing_rate, spike_inputs=args.spike_inputs,
+                           per=args.per, seq_len=args.seq_len, num_classes=args.num_classes)
+    try:
+        from qslm.models import load
+    except ImportError as exc:
+        raise HwModelError(f"--model {args.model}: not a model string, and qslm is not importable ({exc})")
+    try:
+        model = load(args.model)
+        seq_len = args.seq_len if args.per == "sequence" else None
+        return as_workload(model.workload(args.firing_rate, args.per, spike_inputs=args.spike_inputs,
+                                          seq_len=seq_len))
+    except ValueError as exc:  # qslm's errors are ValueErrors with a specific message
+        raise HwModelError(f"unknown model {args.model!r}: not a model string ({', '.join(MODEL_PRESETS)}, "
+                           f"spikegpt:L,C,V) and qslm cannot load it: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         device = load_device(args.hw)
-        workload = as_workload(args.model, firing_rates=args.firing_rate,
-                               spike_inputs=args.spike_inputs, per=args.per,
-                               seq_len=args.seq_len, num_classes=args.num_classes)
+        workload = _workload(args)
         if args.plan is not None:
             plan = read_plan_json(args.plan)
             default_out = Path(args.plan).parent / f"hwmodel-{device.name}"
