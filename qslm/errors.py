@@ -89,3 +89,26 @@ class UnexpectedKeyError(CheckpointError):
 
 class CheckpointShapeError(CheckpointError, ShapeError):
     """A checkpoint tensor whose shape differs from the model's (names key, expected, actual)."""
+
+
+# --- quantization (qslm.quant) ------------------------------------------------------------------
+
+__all__ += ["QuantizationError", "PlanError", "FormatVersionError", "PackedModelError"]
+
+
+class QuantizationError(QslmError):
+    """Quantization parameters or weights that cannot be quantized (non-finite values, a bad
+    granularity or group size, scales out of the fp16 range)."""
+
+
+class PlanError(QslmError):
+    """An invalid quantization plan or spec (the message names the plan key or the field)."""
+
+
+class FormatVersionError(QslmError):
+    """A file (plan, packed model) written in a format version this qslm does not read."""
+
+
+class PackedModelError(CheckpointError):
+    """A packed model file that is truncated, corrupt, not a qslm packed model, or inconsistent
+    (a missing tensor or a shape that disagrees with its plan; the message names the key)."""
