@@ -4,7 +4,7 @@ The metrics need only a minimal model protocol, so any ``torch.nn.Module`` or ca
 
 - language model: ``model(idx)`` with ``idx`` a LongTensor ``(B, T)`` returns logits ``(B, T, V)``,
   where ``logits[b, t]`` predicts token ``t + 1`` from tokens ``0..t`` of its row;
-- classifier: ``model(idx, attention_mask)`` with both ``(B, T)`` returns logits ``(B, n_classes)``.
+- classifier: ``model(idx, attention_mask=mask)`` with both ``(B, T)`` returns logits ``(B, n_classes)``.
 
 Each call must be independent of the previous ones: a model with recurrent or membrane state
 (SpikeGPT's LIF neurons) resets it at the start of its forward. Evaluation runs under
@@ -335,7 +335,7 @@ def classification_accuracy(
                 )
             if labels.numel() and int(labels.min()) < 0:
                 raise QslmError("a label is negative: unlabeled examples (e.g. SST-2 test) cannot be scored")
-            logits = model(ids.to(dev), mask.to(dev))
+            logits = model(ids.to(dev), attention_mask=mask.to(dev))
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != ids.shape[0]:
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ShapeError(

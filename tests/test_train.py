@@ -103,3 +103,14 @@ def test_cli_bad_input_exits_2(argv, msg, capsys):
     assert T.main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+def test_sst2_accuracy_runs_on_a_spikegpt_classifier():
+    from qslm.models import SpikeGPT, SpikeGPTConfig
+
+    torch.manual_seed(0)
+    model = SpikeGPT(SpikeGPTConfig(vocab_size=50, n_layer=1, n_embd=16, num_classes=2))
+    examples = [([3, 4, 5], 1), ([6, 7], 0), ([8], 1)]
+    r = T.Recipe(name="c", **dict(TINY, task="sst2", init="x"))
+    acc = T.sst2_accuracy(model, examples, r)
+    assert 0.0 <= acc <= 1.0

@@ -298,7 +298,7 @@ def test_classification_errors():
     with pytest.raises(QslmError, match="no examples"):
         classification_accuracy(model, [], progress=False)
     with pytest.raises(ShapeError, match=r"\(B, n_classes\)"):
-        classification_accuracy(lambda i, m: torch.zeros(i.shape[0], i.shape[1], 2),
+        classification_accuracy(lambda i, attention_mask: torch.zeros(i.shape[0], i.shape[1], 2),
                                 classification_batches([([3], 1)], 4), progress=False)
 
 
