@@ -112,3 +112,22 @@ class FormatVersionError(QslmError):
 class PackedModelError(CheckpointError):
     """A packed model file that is truncated, corrupt, not a qslm packed model, or inconsistent
     (a missing tensor or a shape that disagrees with its plan; the message names the key)."""
+
+
+# --- hierarchy and sensitivity (qslm.hierarchy, qslm.sensitivity) -------------------------------
+
+__all__ += ["HierarchyError", "SensitivityError", "SensitivityCacheError"]
+
+
+class HierarchyError(QslmError):
+    """A model hierarchy that cannot be built or is inconsistent (a block naming a module the
+    model lacks or cannot quantize, a module in two blocks, nothing quantizable)."""
+
+
+class SensitivityError(QslmError):
+    """Bad input to a sensitivity measurement (no specs, a module outside the model), or a
+    sensitivity asked for that was not measured (the message names the module and spec)."""
+
+
+class SensitivityCacheError(SensitivityError):
+    """A sensitivity cache whose metadata belongs to another model, task or format version."""
