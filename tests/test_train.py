@@ -114,3 +114,34 @@ def test_sst2_accuracy_runs_on_a_spikegpt_classifier():
     r = T.Recipe(name="c", **dict(TINY, task="sst2", init="x"))
     acc = T.sst2_accuracy(model, examples, r)
     assert 0.0 <= acc <= 1.0
+
+
+@needs_data
+def test_export_bundles_a_finished_run(prepared, tmp_path):
+    import json as _json
+
+    from qslm.models import load_spikegpt
+    from qslm.zoo.export import export_run
+
+    r = T.Recipe(name="tiny", **dict(TINY, max_steps=5))
+    d = _copy_prep(prepared, tmp_path / "run")
+    T.train(r, d, None, fresh=False, max_steps=None, progress=False)
+    card_md = export_run(r, d, None, tmp_path / "zoo" / "tiny", progress=False, docs_dir=tmp_path / "docs",
+                         max_eval_tokens=4096)
+    card = _json.loads((tmp_path / "zoo" / "tiny" / "card.json").read_text())
+    assert card["steps"] == 5 and card["metrics"]["test"]["word_ppl"] > 1
+    assert set(card["firing_rates"]) == {"blocks.0.lif1", "blocks.0.lif2"}
+    assert "word-level" in card_md.read_text()
+    model = load_spikegpt(tmp_path / "zoo" / "tiny" / "model.safetensors")
+    assert model.config.n_layer == 1
+
+
+@needs_data
+def test_export_refuses_an_unfinished_run(prepared, tmp_path):
+    from qslm.zoo.export import export_run
+
+    r = T.Recipe(name="tiny", **dict(TINY, max_steps=5))
+    d = _copy_prep(prepared, tmp_path / "run")
+    T.train(r, d, None, fresh=False, max_steps=3, progress=False)
+    with pytest.raises(T.QslmError, match="stopped at step 3"):
+        export_run(r, d, None, tmp_path / "zoo" / "tiny", progress=False, docs_dir=tmp_path / "docs")

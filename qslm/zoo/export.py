@@ -55,11 +55,16 @@ def sst2_subset_accuracy(model: torch.nn.Module, dev: list, ctx_len: int) -> flo
 
 
 def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | None,
-               progress: bool = True) -> Path:
-    """Evaluate the run's final checkpoint in fp16 form and bundle it; returns the card path."""
+               progress: bool = True, docs_dir: Path | None = None,
+               max_eval_tokens: int | None = None) -> Path:
+    """Evaluate the run's final checkpoint in fp16 form and bundle it; returns the card path.
+
+    ``max_eval_tokens`` evaluates only a prefix of each WikiText-2 split (quick checks; the card
+    then says so); bundled models are evaluated on the whole splits."""
     from qslm.data.datasets import resolve
     from qslm.data.tokenizer import load_tokenizer
-    from qslm.eval import classification_accuracy, classification_batches, count_words, lm_perplexity
+    from qslm.eval import (classification_accuracy, classification_batches, count_words,
+                           count_words_in_tokens, lm_perplexity)
     from qslm.models import SpikeGPT, SpikeGPTConfig, load_spikegpt, save_safetensors
     from qslm.train import lm_tokens, sst2_examples
 
@@ -77,6 +82,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
     model.eval()
 
     out = zoo or bundled_dir(recipe.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-", dir=out.parent))
     try:
         save_safetensors(model, staging / "model.safetensors")
@@ -90,10 +96,14 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
             from qslm.data.datasets import load_wikitext2
 
             for split in ("valid", "test"):
-                n_words = count_words(load_wikitext2(split, data_dir))
+                if max_eval_tokens is None:
+                    n_words = count_words(load_wikitext2(split, data_dir))
+                else:
+                    n_words = count_words_in_tokens(tok, ids[split][:max_eval_tokens])
                 res = lm_perplexity(bundle, ids[split], ctx_len=recipe.ctx_len, batch_size=32,
-                                    n_words=n_words, bos_id=0, progress=progress)
+                                    n_words=n_words, max_tokens=max_eval_tokens, bos_id=0, progress=progress)
                 metrics[split] = {k: res[k] for k in ("token_ppl", "word_ppl", "n_tokens_scored", "n_words")}
+                metrics[split]["whole_split"] = max_eval_tokens is None
             metrics["subset"] = {"what": f"mean NLL of the first {SUBSET_TOKENS} test tokens "
                                          f"(windows of {recipe.ctx_len})",
                                  "value": lm_subset_nll(bundle, ids["test"], recipe.ctx_len)}
@@ -146,17 +156,17 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return write_model_card(card, history)
+    return write_model_card(card, history, docs_dir or DOCS_MODELS)
 
 
-def write_model_card(card: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+def write_model_card(card: dict[str, Any], history: list[dict[str, Any]], docs: Path = DOCS_MODELS) -> Path:
     """docs/models/NAME.md (and NAME-curve.png, the training curve)."""
-    DOCS_MODELS.mkdir(parents=True, exist_ok=True)
+    docs.mkdir(parents=True, exist_ok=True)
     name = card["name"]
     from qslm.zoo.plots import training_curve
 
     fig = training_curve(history, name)
-    fig.savefig(DOCS_MODELS / f"{name}-curve.png", dpi=110)
+    fig.savefig(docs / f"{name}-curve.png", dpi=110)
     m = card["metrics"]
     lines = [f"# {name}", "",
              f"A SpikeGPT ({card['config']['n_layer']} blocks × {card['config']['n_embd']} channels, "
@@ -182,7 +192,7 @@ def write_model_card(card: dict[str, Any], history: list[dict[str, Any]]) -> Pat
     lines += ["", "Data (sha256):", ""] + [f"- `{k}`: `{v}`" for k, v in card["data_sha256"].items()]
     lines += ["", f"Training curve: `{name}-curve.png`.", "",
               "Recipe: " + ", ".join(f"{k} = {v}" for k, v in card["recipe"].items() if k != "name"), ""]
-    path = DOCS_MODELS / f"{name}.md"
+    path = docs / f"{name}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
