@@ -86,7 +86,7 @@ from tqdm.auto import tqdm
 from qslm.errors import PlanError, SensitivityCacheError, SensitivityError
 from qslm.hierarchy import Hierarchy, build_hierarchy
 from qslm.quant import QuantPlan, QuantSpec, apply_fake_quant, quantizable_modules
-from qslm.quant.plan import atomic_write_bytes
+from qslm._io import atomic_write_bytes
 
 __all__ = [
     "FORMAT_VERSION",

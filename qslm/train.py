@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qslm._io import atomic_path
 from qslm.errors import QslmError
 
 RECIPES_FILE = Path(__file__).resolve().parent / "zoo" / "recipes.toml"
@@ -114,9 +115,8 @@ def make_optimizer(model: torch.nn.Module, r: Recipe) -> torch.optim.AdamW:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -149,9 +149,8 @@ def lm_tokens(run_dir: Path, r: Recipe, data_dir: str | None) -> tuple[Any, dict
             continue
         text = load_wikitext2(split, data_dir)
         arr = np.asarray(tok.encode(text).ids, dtype=np.int32)
-        tmp = run_dir / f"tokens-{split}.tmp.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
         ids[split] = arr
     return tok, ids
 

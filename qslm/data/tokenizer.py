@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from qslm._io import atomic_write_text
 from qslm.errors import QslmError, TokenizerError
 
 __all__ = [
@@ -114,16 +114,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> Path:
     """Write ``tok`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tok.to_str(pretty=True))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_text(p, tok.to_str(pretty=True))
 
 
 def encode(tok: Tokenizer, text: str) -> list[int]:

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qslm._io import atomic_path
 from qslm.errors import (
     CheckpointError,
     CheckpointShapeError,
@@ -258,12 +258,6 @@ def save_safetensors(model: SpikeGPT, path: str | os.PathLike[str],
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update({"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())})
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

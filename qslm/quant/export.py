@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from qslm import kernels
+from qslm._io import atomic_path
 from qslm.errors import FormatVersionError, PackedModelError, PlanError, QuantizationError
 from qslm.quant.apply import planned_modules
 from qslm.quant.plan import QuantPlan, QuantSpec
@@ -325,16 +325,6 @@ def export_packed(model: nn.Module, plan: QuantPlan, path: str | os.PathLike[str
     path = Path(path)
     if path.is_dir():
         path = path / PACKED_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

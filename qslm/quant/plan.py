@@ -37,13 +37,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from qslm._io import atomic_write_bytes
 from qslm.errors import FormatVersionError, PlanError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -380,24 +380,6 @@ class QuantPlan:
     def __repr__(self) -> str:
         items = ", ".join(f"{k!r}: {v!s}" for k, v in self.entries.items())
         return f"QuantPlan({{{items}}}, default={self.default!s})"
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old or the complete new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ================================================================================================

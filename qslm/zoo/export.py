@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qslm._io import atomic_write_text
 from qslm.errors import QslmError
 from qslm.zoo import bundled_dir
 
@@ -192,9 +193,5 @@ def write_model_card(card: dict[str, Any], history: list[dict[str, Any]], docs: 
     lines += ["", "Data (sha256):", ""] + [f"- `{k}`: `{v}`" for k, v in card["data_sha256"].items()]
     lines += ["", f"Training curve: `{name}-curve.png`.", "",
               "Recipe: " + ", ".join(f"{k} = {v}" for k, v in card["recipe"].items() if k != "name"), ""]
-    path = docs / f"{name}.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(docs / f"{name}.md", "\n".join(lines))
 
