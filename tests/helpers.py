@@ -240,3 +240,34 @@ def check_raises(fn, kwargs: dict, exc: type, patterns: list[str]) -> None:
     message = str(info.value)
     for pattern in patterns:
         assert re.search(rf"(?<!\w)(?:{pattern})(?!\w)", message), f"{pattern!r} not in message {message!r}"
+
+
+# --- determinism checks shared by the matmul test modules ----------------------------------------
+
+
+def check_repeatable(kernels, names) -> None:
+    """The same inputs twice give the same bits."""
+    first = run_determinism_cases(kernels)
+    second = run_determinism_cases(kernels)
+    for name in names:
+        assert first[name].tobytes() == second[name].tobytes(), name
+
+
+def check_every_isa_matches_reference(outputs_by_isa, names) -> None:
+    """Bits may differ between instruction sets (different lanes); each must be within tolerance."""
+    for name in names:
+        fn, args, _ = determinism_cases()[name]
+        expected = getattr(ref, fn)(*args)
+        for isa, outputs in outputs_by_isa.items():
+            try:
+                assert_matmul_close(outputs[name], expected, matmul_bound(fn, args))
+            except AssertionError as exc:
+                raise AssertionError(f"{name} with {isa}: {exc}") from None
+
+
+def check_same_bits_for_any_thread_count(kernels, outputs_by_thread_count, names) -> None:
+    here = run_determinism_cases(kernels)
+    for threads, outputs in outputs_by_thread_count.items():
+        for name in names:
+            assert outputs[name].shape == here[name].shape
+            assert outputs[name].tobytes() == here[name].tobytes(), f"{name} differs with {threads} threads"

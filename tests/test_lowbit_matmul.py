@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    check_every_isa_matches_reference,
+    check_repeatable,
+    check_same_bits_for_any_thread_count,
     GROUP_CHOICES,
     assert_matmul_close,
     check_raises,
-    determinism_cases,
     group_size_for,
     make_weights,
     matmul_bound,
-    run_determinism_cases,
     seeds,
     weight_params,
 )
@@ -123,31 +124,19 @@ def test_torch_in_torch_out(kernels, asymmetric):
     assert got.numpy().tobytes() == expected.tobytes()
 
 
+NAMES = ('lowbit_matmul', 'lowbit_matmul_zp')
+
+
 def test_deterministic(kernels):
-    first = run_determinism_cases(kernels)
-    second = run_determinism_cases(kernels)
-    for name in ("lowbit_matmul", "lowbit_matmul_zp"):
-        assert first[name].tobytes() == second[name].tobytes(), name
+    check_repeatable(kernels, NAMES)
 
 
 def test_every_instruction_set_matches_reference(outputs_by_isa):
-    # Bits may differ between instruction sets (different lanes); each must be within tolerance.
-    for name in ('lowbit_matmul', 'lowbit_matmul_zp'):
-        fn, args, _ = determinism_cases()[name]
-        expected = getattr(ref, fn)(*args)
-        for isa, outputs in outputs_by_isa.items():
-            try:
-                assert_matmul_close(outputs[name], expected, matmul_bound(fn, args))
-            except AssertionError as exc:
-                raise AssertionError(f"{name} with {isa}: {exc}") from None
+    check_every_isa_matches_reference(outputs_by_isa, NAMES)
 
 
 def test_same_bits_for_any_thread_count(kernels, outputs_by_thread_count):
-    here = run_determinism_cases(kernels)
-    for threads, outputs in outputs_by_thread_count.items():
-        for name in ("lowbit_matmul", "lowbit_matmul_zp"):
-            assert outputs[name].shape == here[name].shape
-            assert outputs[name].tobytes() == here[name].tobytes(), f"{name} differs with {threads} threads"
+    check_same_bits_for_any_thread_count(kernels, outputs_by_thread_count, NAMES)
 
 
 # --- bad input ------------------------------------------------------------------------------------
