@@ -72,21 +72,30 @@ impl Spikes {
                 offsets.push(off);
             }
         } else {
-            masks = vec![0u8; m * k];
             for mi in 0..m {
                 for kk in 0..k {
                     if bit(mi, kk) {
-                        masks[mi * k + kk] = 0xFF;
                         counts[mi * groups + kk / w.group_size] += 1;
                     }
                 }
             }
         }
+        // Row-wise schedule: the x86 4-bit path reads nibble-order masks, the portable one
+        // per-column byte masks; build only the one that will be used.
         let mut nibbles = Vec::new();
         #[cfg(target_arch = "x86_64")]
         if !tiled && use_nibble_path(w) {
             nibbles = (0..m).map(|mi| crate::x86::nibble_masks(&spikes[mi * sb..(mi + 1) * sb], k)).collect();
-            masks = Vec::new();
+        }
+        if !tiled && nibbles.is_empty() {
+            masks = vec![0u8; m * k];
+            for mi in 0..m {
+                for kk in 0..k {
+                    if bit(mi, kk) {
+                        masks[mi * k + kk] = 0xFF;
+                    }
+                }
+            }
         }
         Spikes { m, k, groups, counts, masks, active, offsets, nibbles }
     }
