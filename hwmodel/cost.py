@@ -191,12 +191,14 @@ class CostModel:
     """Precomputed per-module coefficients for fast, vectorized scoring of many plans.
 
     ``group_size`` and ``symmetric`` fix the scale layout of quantized modules (one value, or one
-    per module in workload order); they affect only the scale bytes.
+    per module in workload order); they affect only the scale bytes. ``symmetric_bits``: widths
+    costed without zero points whatever ``symmetric`` says (qslm's 1 bit is sign binarization).
     """
 
     def __init__(self, workload: Workload | WorkloadSource | str, device: Device | str, *,
                  group_size: int | None | Sequence[int | None] = None,
-                 symmetric: bool | Sequence[bool] = True) -> None:
+                 symmetric: bool | Sequence[bool] = True,
+                 symmetric_bits: Sequence[int] = ()) -> None:
         self.workload = as_workload(workload)
         self.device = load_device(device)
         wl, dev = self.workload, self.device
@@ -223,7 +225,7 @@ class CostModel:
             N, K = m.out_features, m.in_features
             for k in VALID_BITS:
                 w = weight_bytes(N, K, k)
-                s = scale_bytes(N, K, k, gs[i], sym[i])
+                s = scale_bytes(N, K, k, gs[i], sym[i] or k in symmetric_bits)
                 wb[i, k], sb[i, k] = w, s
                 if m.op == "embedding":  # rows read: one packed row + its scales per lookup
                     rd[i, k] = m.calls * (w + s) / N
@@ -318,6 +320,31 @@ class CostModel:
     @property
     def fp32_param_bytes(self) -> float:
         return self.workload.fp32_param_bytes
+
+    @property
+    def other_param_bytes(self) -> float:
+        """Bytes of the parameters no plan quantizes (stored as they are)."""
+        return float(self._other_stored)
+
+    @property
+    def param_capacity_bytes(self) -> float:
+        """Bytes the weight-holding memory levels leave for parameters once the state is placed."""
+        return self._param_capacity
+
+    @property
+    def const_cores(self) -> int:
+        """Neuromorphic cores the non-quantized parameters and the state need (0 otherwise)."""
+        return int(self._const_cores)
+
+    def module_bytes_table(self) -> np.ndarray:
+        """``(n_modules, 33)``: stored bytes (codes + scales) of each module at each bit index
+        (columns 0 and 32: fp32)."""
+        return self._tables["weight"] + self._tables["scale"]
+
+    def module_cores_table(self) -> np.ndarray:
+        """``(n_modules, 33)``: neuromorphic cores each module needs at each bit index (zeros for
+        other devices)."""
+        return self._tables["cores"].copy()
 
     def bits_matrix(self, plans: Sequence[Plan | Mapping[str, int | None]]) -> np.ndarray:
         """Stack plans into the ``(n_plans, n_modules)`` matrix that :meth:`score` takes."""

@@ -194,11 +194,20 @@ def _spec_from_json(v: Any, where: str) -> ModuleSpec | None:
         return None
     if not isinstance(v, dict):
         raise PlanError(f"{where}: expected an object {{'bits': ...}} or null, got {v!r}")
-    extra = set(v) - {"bits", "group_size", "symmetric"}
+    extra = set(v) - {"bits", "group_size", "symmetric", "granularity"}
     if extra:
         raise PlanError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
     if "bits" not in v:
         raise PlanError(f"{where}: missing 'bits'")
+    # qslm's QuantPlan files name the granularity; the cost model needs only the group size
+    # ("tensor" is costed as per channel, overstating its scales by 2·(N − 1) bytes)
+    gran = v.get("granularity")
+    if gran not in (None, "tensor", "channel", "group"):
+        raise PlanError(f"{where}: granularity must be tensor, channel or group, got {gran!r}")
+    if gran in ("tensor", "channel") and v.get("group_size") is not None:
+        raise PlanError(f"{where}: group_size is only used with granularity 'group'")
+    if gran == "group" and v.get("group_size") is None:
+        raise PlanError(f"{where}: granularity 'group' needs a group_size")
     try:
         return ModuleSpec(v["bits"], v.get("group_size"), v.get("symmetric", True))
     except PlanError as exc:
