@@ -242,8 +242,10 @@ def _run(args: argparse.Namespace) -> int:
 
         missing = isinstance(exc, DataNotFoundError) or "needs the model's tokenizer" in str(exc)
         if args.task is None and missing and task == "wikitext2":
-            notice = (f"no {task} data or tokenizer found ({str(exc).splitlines()[0]}); using "
-                      "the data-free fidelity task (text sampled from the model, KL to fp32)")
+            what = "tokenizer" if "tokenizer" in str(exc) else "data"
+            notice = (f"no {task} {what} found (looked in --data-dir, $QSLM_DATA_DIR, "
+                      "~/.cache/qslm/data, then tried to download); using the data-free "
+                      "fidelity task (text sampled from the model, KL to fp32)")
             _say(f"notice: {notice}")
             task = floor_task = "fidelity"
             tasks = build_tasks(model, task, tokenizer_path=None, data_dir=args.data_dir,

@@ -304,3 +304,29 @@ def test_a_killed_search_resumes_without_losing_or_repeating_evaluations(
     for k in pre_keys:
         assert k not in by_key or by_key[k]["reused"] is True, k
     assert report["feasible"] is True
+
+
+def test_without_task_data_the_lm_search_falls_back_to_fidelity_with_a_notice(
+        capsys, tmp_path, tiny_checkpoint, cache_dir):
+    # no --task: a language model defaults to wikitext2, whose tokenizer is missing here
+    out = tmp_path / "o"
+    rc = main(["--hw", "edge-npu", "--model", str(tiny_checkpoint), "--calib-samples", "2",
+               "--eval-samples", "2", "--bits", "2,8", "--max-evals", "6", "--no-progress",
+               "--no-final-eval", "--no-plots", "--no-export", "--cache-dir", str(cache_dir),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "notice: no wikitext2 tokenizer found" in err and "fidelity" in err
+    report = json.loads((out / "report.json").read_text("utf-8"))
+    assert report["task"]["name"] == "fidelity" and report["notice"]
+    assert report["constraints"]["floor"]["kind"] == "kl"
+
+
+def test_an_explicit_task_without_data_is_an_error_not_a_fallback(
+        capsys, tmp_path, tiny_checkpoint, cache_dir):
+    out = tmp_path / "o"
+    rc = main(["--hw", "edge-npu", "--model", str(tiny_checkpoint), "--task", "wikitext2",
+               "--no-progress", "--cache-dir", str(cache_dir), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "tokenizer" in err[0]
+    assert not out.exists()
