@@ -194,12 +194,13 @@ def _spec_from_json(v: Any, where: str) -> ModuleSpec | None:
         return None
     if not isinstance(v, dict):
         raise PlanError(f"{where}: expected an object {{'bits': ...}} or null, got {v!r}")
-    extra = set(v) - {"bits", "group_size", "symmetric", "granularity"}
+    extra = set(v) - {"bits", "group_size", "symmetric", "granularity", "clip"}
     if extra:
         raise PlanError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
     if "bits" not in v:
         raise PlanError(f"{where}: missing 'bits'")
-    # qslm's QuantPlan files name the granularity; the cost model needs only the group size
+    # qslm's QuantPlan files name the granularity (and the range choice, "clip", which does not
+    # change any byte); the cost model needs only the group size
     # ("tensor" is costed as per channel, overstating its scales by 2·(N − 1) bytes)
     gran = v.get("granularity")
     if gran not in (None, "tensor", "channel", "group"):

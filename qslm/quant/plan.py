@@ -13,6 +13,10 @@ Storage of a quantized ``(N, K)`` weight (docs/kernels.md layout; ``G`` scales p
 * fp16 scales: ``2 · S`` bytes, ``S = 1`` (tensor), ``N`` (channel) or ``N · ceil(K/g)`` (group);
 * fp16 zero points (asymmetric only): another ``2 · S`` bytes.
 
+``clip="mse"`` shrinks each scale's range to the one that minimises the squared rounding and
+clipping error of its group (:func:`qslm.quant.primitives.choose_qparams`); the stored layout is
+the same, so it costs nothing in bytes. A spec's JSON names ``clip`` only when it is ``"mse"``.
+
 So the *effective* bits per weight are ``b + 16/g`` for group size ``g`` (``g = K`` per channel),
 ``+ 16/g`` more with zero points — ignoring the padding of a partial last byte or group; the
 exact byte counts are :meth:`QuantSpec.storage_bytes` and :func:`footprint`.
@@ -52,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_KEY",
     "FORMAT_VERSION",
+    "CLIPS",
     "GRANULARITIES",
     "REGEX_PREFIX",
     "SCALE_BYTES",
@@ -68,6 +73,7 @@ HWMODEL_FORMAT_VERSION = 1  # of hwmodel.plan.read_plan_json's format
 DEFAULT_KEY = "_default"
 REGEX_PREFIX = "re:"
 GRANULARITIES = ("tensor", "channel", "group")
+CLIPS = ("minmax", "mse")  # range choice: full min/max range, or the MSE-optimal shrunk range
 MIN_BITS, MAX_BITS = 1, 8
 SCALE_BYTES = 2  # fp16 scale, and fp16 zero point
 FP32_BYTES = 4
@@ -93,6 +99,7 @@ class QuantSpec:
     symmetric: bool = True  # True: signed codes, W = s·q; False: unsigned codes + zero point
     granularity: str | None = None  # "tensor" | "channel" (per output row) | "group"
     group_size: int | None = None  # columns per scale along the input dim ("group" only)
+    clip: str = "minmax"  # how the range is chosen: "minmax" (the full range) or "mse"
 
     def __post_init__(self) -> None:
         if not _is_int(self.bits) or not MIN_BITS <= self.bits <= MAX_BITS:
@@ -100,6 +107,8 @@ class QuantSpec:
                             f"got {self.bits!r}")
         if not isinstance(self.symmetric, bool):
             raise PlanError(f"symmetric must be true or false, got {self.symmetric!r}")
+        if self.clip not in CLIPS:
+            raise PlanError(f"clip must be one of {', '.join(CLIPS)}, got {self.clip!r}")
         gran = self.granularity
         if gran is None:
             gran = "channel" if self.group_size is None else "group"
@@ -167,22 +176,25 @@ class QuantSpec:
 
     # ---- (de)serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
-                "group_size": self.group_size}
+        d: dict[str, Any] = {"bits": self.bits, "symmetric": self.symmetric,
+                             "granularity": self.granularity, "group_size": self.group_size}
+        if self.clip != "minmax":  # written only when not the default: older files stay valid
+            d["clip"] = self.clip
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec") -> QuantSpec:
         """From :meth:`to_dict`'s form; errors start with ``where`` (e.g. the plan key)."""
         if not isinstance(d, Mapping):
             raise PlanError(f"{where}: expected an object {{'bits': ...}} or null, got {d!r}")
-        unknown = sorted(set(d) - {"bits", "symmetric", "granularity", "group_size"})
+        unknown = sorted(set(d) - {"bits", "symmetric", "granularity", "group_size", "clip"})
         if unknown:
             raise PlanError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}")
         if "bits" not in d:
             raise PlanError(f"{where}: missing field 'bits'")
         try:
             return cls(d["bits"], d.get("symmetric", True), d.get("granularity"),
-                       d.get("group_size"))
+                       d.get("group_size"), d.get("clip", "minmax"))
         except PlanError as exc:
             raise PlanError(f"{where}: {exc}") from None
 
@@ -195,7 +207,7 @@ class QuantSpec:
 
     def __str__(self) -> str:
         g = {"tensor": "t", "channel": "c"}.get(self.granularity, f"g{self.group_size}")
-        return f"w{self.bits}{'s' if self.symmetric else 'a'}{g}"
+        return f"w{self.bits}{'s' if self.symmetric else 'a'}{g}{'m' if self.clip == 'mse' else ''}"
 
 
 # ================================================================================================

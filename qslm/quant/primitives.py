@@ -38,6 +38,14 @@ integer ``z``. For the half-integer ``z`` of binarization the rule is
 Error budget: every weight lies inside the representable range, so ``|w − fake_quant(w)| ≤ s/2``
 (up to float32 rounding of ``w·(1/s)`` and of the product); for binarization the range is
 ``[−s, s]`` and the bound holds there.
+
+**MSE clipping** (``clip="mse"``, b ≥ 2): the range above is multiplied by each factor of
+:data:`CLIP_GRID` (1 down to 0.5) — ``max|w|`` for symmetric, ``lo`` and ``hi`` for asymmetric —
+the scale (and zero point) derived by the same rules, and each row or group keeps the factor with
+the smallest ``Σ (w − fake_quant(w))²`` (ties: the widest range). Outliers are then clipped to
+the range ends, trading their error for finer steps everywhere else; the bound ``s/2`` holds for
+the weights inside the range. Factor 1 is in the grid, so the error is never above min/max's.
+Binarization's α is already the L2-optimal scale and ignores ``clip``.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from qslm.quant.plan import GRANULARITIES, MAX_BITS, MIN_BITS, QuantSpec
 
 __all__ = [
     "BINARY_ZERO_POINT",
+    "CLIP_GRID",
     "FP16_MAX",
     "SCALE_MIN",
     "QuantizedWeight",
@@ -65,6 +74,7 @@ __all__ = [
 ]
 
 SCALE_MIN = 2.0**-24  # smallest positive fp16 (subnormal): the floor of every scale
+CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # range factors tried by clip="mse"
 FP16_MAX = 65504.0  # largest finite fp16: a larger scale is an error
 BINARY_ZERO_POINT = 0.5  # implicit zero point of 1-bit symmetric (sign) quantization
 
@@ -145,8 +155,34 @@ def _grouped(wf: Tensor, granularity: str, group_size: int | None) -> tuple[Tens
     return x.reshape(n, n_groups, g), count
 
 
+def _range_qparams(lo: Tensor, hi: Tensor, amax: Tensor, bits: int, symmetric: bool
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Scale (and zero point) covering ``[lo, hi]`` (asymmetric) or ``±amax`` (symmetric)."""
+    if symmetric:
+        _, qmax = code_range(bits, signed=True)
+        return _round_up_fp16(torch.clamp(amax / qmax, min=SCALE_MIN)), None
+    _, qmax = code_range(bits, signed=False)
+    s = _round_up_fp16(torch.clamp((hi - lo) / qmax, min=SCALE_MIN))
+    return s, torch.clamp(torch.round(-lo / s), 0, qmax)
+
+
+def _group_sq_error(x: Tensor, s: Tensor, z: Tensor | None, bits: int) -> Tensor:
+    """Σ over each group of (x − fake_quant(x))² for per-group ``s``/``z`` (R, G); the zero
+    padding of a partial group is exactly representable, so it adds nothing."""
+    inv = 1.0 / s[..., None]
+    if z is None:
+        qmin, qmax = code_range(bits, signed=True)
+        deq = torch.clamp(torch.round(x * inv), qmin, qmax) * s[..., None]
+    else:
+        qmin, qmax = code_range(bits, signed=False)
+        zz = z[..., None]
+        deq = (torch.clamp(torch.round(x * inv) + zz, qmin, qmax) - zz) * s[..., None]
+    return ((x - deq) ** 2).sum(-1)
+
+
 def choose_qparams(w: Tensor, bits: int, symmetric: bool = True, granularity: str = "channel",
-                   group_size: int | None = None) -> tuple[Tensor, Tensor | None]:
+                   group_size: int | None = None, clip: str = "minmax"
+                   ) -> tuple[Tensor, Tensor | None]:
     """Scales (and zero points) for a ``(N, K)`` weight; see the module docstring for the rules.
 
     Returns ``(scales, zero_points)``, float32 tensors on ``w``'s device of shape ``(1, 1)``
@@ -158,21 +194,30 @@ def choose_qparams(w: Tensor, bits: int, symmetric: bool = True, granularity: st
     if not isinstance(symmetric, bool):
         raise QuantizationError(f"symmetric must be True or False, got {symmetric!r}")
     _check_granularity(granularity, group_size)
+    if clip not in ("minmax", "mse"):
+        raise QuantizationError(f"clip must be 'minmax' or 'mse', got {clip!r}")
     wf = _check_weight(w)
     x, count = _grouped(wf, granularity, group_size)  # (R, G, g), (R, G)
     if symmetric and bits == 1:
         alpha = x.abs().sum(-1) / count  # zero padding adds nothing to the sum
         s = _round_up_fp16(torch.clamp(2.0 * alpha, min=SCALE_MIN))
         return s, torch.full_like(s, BINARY_ZERO_POINT)
-    if symmetric:
-        _, qmax = code_range(bits, signed=True)
-        s = _round_up_fp16(torch.clamp(x.abs().amax(-1) / qmax, min=SCALE_MIN))
-        return s, None
-    _, qmax = code_range(bits, signed=False)
+    amax = x.abs().amax(-1)
     lo = torch.clamp(x.amin(-1), max=0.0)  # zero padding cannot move lo or hi: 0 is included
     hi = torch.clamp(x.amax(-1), min=0.0)
-    s = _round_up_fp16(torch.clamp((hi - lo) / qmax, min=SCALE_MIN))
-    z = torch.clamp(torch.round(-lo / s), 0, qmax)
+    s, z = _range_qparams(lo, hi, amax, bits, symmetric)
+    if clip == "minmax":
+        return s, z
+    best = _group_sq_error(x, s, z, bits)
+    for f in CLIP_GRID[1:]:
+        s_f, z_f = _range_qparams(lo * f, hi * f, amax * f, bits, symmetric)
+        err = _group_sq_error(x, s_f, z_f, bits)
+        better = err < best
+        best = torch.where(better, err, best)
+        s = torch.where(better, s_f, s)
+        if z is not None:
+            assert z_f is not None
+            z = torch.where(better, z_f, z)
     return s, z
 
 
@@ -289,7 +334,7 @@ def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
     if not isinstance(spec, QuantSpec):
         raise QuantizationError(f"spec must be a QuantSpec, got {type(spec).__name__}")
     scales, zero_points = choose_qparams(w, spec.bits, spec.symmetric, spec.granularity,
-                                         spec.group_size)
+                                         spec.group_size, spec.clip)
     codes = quantize(w, scales, zero_points, spec.bits, spec.group_size)
     return QuantizedWeight(codes, scales, zero_points, spec)
 

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale granularity: channel or group:N (default group:64)")
     s.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=False,
                    help="symmetric codes (default: asymmetric, with zero points)")
+    s.add_argument("--clip", choices=("mse", "minmax"), default="mse",
+                   help="range of each scale: 'mse' (default) shrinks it to the smallest squared "
+                        "error per group; 'minmax' covers every weight")
     s.add_argument("--alpha", type=float, default=0.25,
                    help="weight of performance vs memory in the trade-off score (default 0.25: the floor already bounds the loss, so memory counts more inside it)")
     s.add_argument("--strategy", choices=("tiered", "ilp"), default="tiered")
@@ -262,7 +265,8 @@ def _run(args: argparse.Namespace) -> int:
 
     hierarchy = build_hierarchy(model)
     space = SearchSpace.from_hierarchy(hierarchy, bits, symmetric=args.symmetric,
-                                       granularity=granularity, group_size=group_size)
+                                       granularity=granularity, group_size=group_size,
+                                       clip=args.clip)
     model_fp = model_fingerprint(model)
     config = {
         "format_version": CONFIG_VERSION, "model": args.model, "model_fingerprint": model_fp,

@@ -116,15 +116,17 @@ class SearchSpace:
     symmetric: bool = True
     granularity: str = "group"
     group_size: int | None = 64
+    clip: str = "minmax"  # QuantSpec.clip of every width >= 2
 
     @classmethod
     def from_hierarchy(cls, hierarchy: Hierarchy, bits: Iterable[int], *, symmetric: bool = True,
-                       granularity: str = "group", group_size: int | None = 64) -> SearchSpace:
+                       granularity: str = "group", group_size: int | None = 64,
+                       clip: str = "minmax") -> SearchSpace:
         modules = hierarchy.module_names
         index = {m: i for i, m in enumerate(modules)}
         blocks = {b.name: tuple(index[m] for m in b.module_names) for b in hierarchy.blocks}
         levels = tuple(sorted({int(b) for b in bits}, reverse=True))
-        space = cls(modules, blocks, levels, symmetric, granularity, group_size)
+        space = cls(modules, blocks, levels, symmetric, granularity, group_size, clip)
         for b in levels:
             space.spec(b)  # validates every width with the scheme
         return space
@@ -144,7 +146,8 @@ class SearchSpace:
         # 1 bit is always sign binarization (symmetric): an asymmetric 1-bit code would only
         # pick one of two levels per group and loses the sign of every weight
         return QuantSpec(int(bits), self.symmetric or bits == 1, self.granularity,
-                         self.group_size if self.granularity == "group" else None)
+                         self.group_size if self.granularity == "group" else None,
+                         "minmax" if bits == 1 else self.clip)  # binarization: α is L2-optimal
 
     def plan(self, bits: Sequence[int] | np.ndarray) -> QuantPlan:
         """The explicit plan (one entry per module) of a bit vector."""
@@ -156,6 +159,8 @@ class SearchSpace:
     def key(self, bits: Sequence[int] | np.ndarray) -> str:
         """Stable identifier of a bit vector under this scheme (evals.jsonl key)."""
         scheme = f"{'s' if self.symmetric else 'a'}|{self.granularity}|{self.group_size}"
+        if self.clip != "minmax":
+            scheme += f"|{self.clip}"
         body = ",".join(str(int(b)) for b in bits)
         return hashlib.sha256(f"{scheme}|{'|'.join(self.modules)}|{body}".encode()).hexdigest()[:20]
 
@@ -183,7 +188,8 @@ class SearchSpace:
 
     def scheme(self) -> dict[str, Any]:
         return {"bits": list(self.bits), "symmetric": self.symmetric,
-                "granularity": self.granularity, "group_size": self.group_size}
+                "granularity": self.granularity, "group_size": self.group_size,
+                "clip": self.clip}
 
 
 # ================================================================================================

@@ -274,6 +274,7 @@ def render_markdown(r: dict[str, Any], o: SearchOutcome) -> str:
           f"- Strategy: {r['strategy']}; scheme: {'symmetric' if r['scheme']['symmetric'] else 'asymmetric'}, "
           f"{r['scheme']['granularity']}"
           f"{'' if r['scheme']['group_size'] is None else ' ' + str(r['scheme']['group_size'])}, "
+          f"{' MSE-clipped' if r['scheme'].get('clip') == 'mse' else ''}, "
           f"bits {r['scheme']['bits']}; α = {r['alpha']}",
           f"- Result: {status}.", f"- Command: `{r['command']}`", ""]
     cols = [("fp32", fp)] + ([("uniform", uni)] if uni else []) + [("chosen", ch)]

@@ -283,3 +283,13 @@ def test_footprint_spikegpt_uniform(spikegpt):
     assert fp.kept_bytes == 4 * (n_params - quantized)
     assert fp.fp32_bytes == 4 * n_params
     assert 0.8 < fp.memory_reduction < 1 - 4.5 / 32  # 4.5 effective bits on most weights
+
+
+def test_clip_round_trips_and_is_written_only_when_not_the_default():
+    mse = QuantSpec(4, False, group_size=64, clip="mse")
+    assert mse.to_dict()["clip"] == "mse" and "clip" not in QuantSpec(4).to_dict()
+    assert QuantSpec.from_dict(mse.to_dict()) == mse
+    assert QuantSpec.from_dict(QuantSpec(4).to_dict()).clip == "minmax"
+    plan = QuantPlan({"emb": QuantSpec(1)}, mse)
+    assert QuantPlan.from_json(plan.to_json()) == plan
+    assert str(mse) == "w4ag64m"
