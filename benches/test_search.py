@@ -6,7 +6,8 @@ model, and a sensitivity pass.
 * ``test_score_plans``: :meth:`SearchContext.score` (additive predictor with block terms + exact
   hwmodel cost) on 10,000 random plans of the bundled LM's 37 modules; ``plans_per_s`` in
   ``extra_info``. The sensitivity values are random here: scoring cost does not depend on them.
-* ``test_full_evaluation``: one full evaluation as the search runs it (fake-quant a 4-bit plan,
+* ``test_full_evaluation``: one full evaluation as the search runs it (fake-quant a 4-bit plan
+  with the default scheme — asymmetric, group 64, MSE-clipped ranges —,
   measure the evaluation task, restore): the LM on 64 windows of WikiText-2 valid, the
   classifier on all 872 SST-2 dev sentences.
 * ``test_sensitivity_pass``: the per-module and per-block pass of each bundled model at one width
@@ -70,7 +71,8 @@ def bundled(request):
 
 def test_full_evaluation(benchmark, bundled) -> None:
     name, model, tasks = bundled
-    space = SearchSpace.from_hierarchy(build_hierarchy(model), BITS, symmetric=False)
+    space = SearchSpace.from_hierarchy(build_hierarchy(model), BITS, symmetric=False,
+                                       clip="mse")  # the search's default scheme
     plan = space.plan(space.uniform(4))
     benchmark.group = "search: one full evaluation"
     benchmark.extra_info["model"] = name
@@ -85,7 +87,7 @@ def test_full_evaluation(benchmark, bundled) -> None:
 
 def test_sensitivity_pass(benchmark, bundled) -> None:
     name, model, tasks = bundled
-    spec = QuantSpec(4, False, group_size=64)
+    spec = QuantSpec(4, False, group_size=64, clip="mse")
     benchmark.group = "search: sensitivity pass at one width"
     benchmark.extra_info["model"] = name
 

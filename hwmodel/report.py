@@ -28,7 +28,8 @@ from hwmodel.errors import HwModelError
 from hwmodel.plan import Plan, read_plan_json
 from hwmodel.workload import MODEL_PRESETS, Workload, as_workload
 
-__all__ = ["FORMAT_VERSION", "build_report", "main", "render_markdown", "write_report"]
+__all__ = ["FORMAT_VERSION", "build_report", "format_energy", "format_mib", "format_time", "main",
+           "render_markdown", "write_report"]
 
 FORMAT_VERSION = 1
 MIB = 2.0**20
@@ -44,21 +45,24 @@ def build_report(workload: Workload, plan: Plan, device: Device) -> tuple[CostRe
     return model.report(bits), model.report(bits * 0)
 
 
-def _e(j: float) -> str:
+def format_energy(j: float) -> str:
+    """Joules with a unit from J to pJ, 4 significant digits."""
     for f, unit in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")):
         if abs(j) >= f:
             return f"{j / f:.4g} {unit}"
     return f"{j / 1e-12:.4g} pJ"
 
 
-def _t(s: float) -> str:
+def format_time(s: float) -> str:
+    """Seconds with a unit from s to ns, 4 significant digits."""
     for f, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
         if abs(s) >= f:
             return f"{s / f:.4g} {unit}"
     return f"{s / 1e-9:.4g} ns"
 
 
-def _b(n: float) -> str:
+def format_mib(n: float) -> str:
+    """Bytes in MiB, 4 significant digits."""
     return f"{n / MIB:.4g} MiB"
 
 
@@ -75,21 +79,21 @@ def render_markdown(plan: CostReport, fp32: CostReport, device: Device) -> str:
     """A Markdown summary: totals fp32 vs plan, memory levels, per-block energy."""
     per = plan.per
     rows = [
-        ("parameters (weights + scales + other)", _b(fp32.param_bytes), _b(plan.param_bytes)),
-        ("  weights", _b(fp32.weight_bytes), _b(plan.weight_bytes)),
-        ("  scales / zero points", _b(fp32.scale_bytes), _b(plan.scale_bytes)),
-        ("  other parameters", _b(fp32.other_param_bytes), _b(plan.other_param_bytes)),
-        ("recurrent state", _b(fp32.state_bytes), _b(plan.state_bytes)),
+        ("parameters (weights + scales + other)", format_mib(fp32.param_bytes), format_mib(plan.param_bytes)),
+        ("  weights", format_mib(fp32.weight_bytes), format_mib(plan.weight_bytes)),
+        ("  scales / zero points", format_mib(fp32.scale_bytes), format_mib(plan.scale_bytes)),
+        ("  other parameters", format_mib(fp32.other_param_bytes), format_mib(plan.other_param_bytes)),
+        ("recurrent state", format_mib(fp32.state_bytes), format_mib(plan.state_bytes)),
         ("memory reduction vs fp32", "0 %", f"{100 * plan.memory_reduction:.1f} %"),
         ("fits the device", str(fp32.fits), str(plan.fits)),
         ("fits on chip", str(fp32.fits_on_chip), str(plan.fits_on_chip)),
         ("all formats supported", str(fp32.supported), str(plan.supported)),
-        (f"energy per {per}", _e(fp32.energy_j), _e(plan.energy_j)),
-        ("  compute", _e(fp32.compute_energy_j), _e(plan.compute_energy_j)),
-        ("  on-chip memory", _e(fp32.onchip_memory_energy_j), _e(plan.onchip_memory_energy_j)),
-        ("  off-chip memory", _e(fp32.offchip_memory_energy_j), _e(plan.offchip_memory_energy_j)),
-        ("  static", _e(fp32.static_energy_j), _e(plan.static_energy_j)),
-        (f"latency per {per}", _t(fp32.latency_s), _t(plan.latency_s)),
+        (f"energy per {per}", format_energy(fp32.energy_j), format_energy(plan.energy_j)),
+        ("  compute", format_energy(fp32.compute_energy_j), format_energy(plan.compute_energy_j)),
+        ("  on-chip memory", format_energy(fp32.onchip_memory_energy_j), format_energy(plan.onchip_memory_energy_j)),
+        ("  off-chip memory", format_energy(fp32.offchip_memory_energy_j), format_energy(plan.offchip_memory_energy_j)),
+        ("  static", format_energy(fp32.static_energy_j), format_energy(plan.static_energy_j)),
+        (f"latency per {per}", format_time(fp32.latency_s), format_time(plan.latency_s)),
         ("average power", f"{fp32.power_w:.4g} W", f"{plan.power_w:.4g} W"),
     ]
     if device.is_neuromorphic:
@@ -109,15 +113,15 @@ def render_markdown(plan: CostReport, fp32: CostReport, device: Device) -> str:
         "",
         "| level | on chip | capacity | state | parameters | whole model fits alone |",
         "|---|---|---:|---:|---:|---|",
-        *[f"| {lv.name} | {lv.on_chip} | {_b(lv.capacity_bytes)} | {_b(lv.state_bytes)} | "
-          f"{_b(lv.param_bytes)} | {lv.whole_model_fits} |" for lv in plan.levels],
+        *[f"| {lv.name} | {lv.on_chip} | {format_mib(lv.capacity_bytes)} | {format_mib(lv.state_bytes)} | "
+          f"{format_mib(lv.param_bytes)} | {lv.whole_model_fits} |" for lv in plan.levels],
         "",
         "## Energy per block (plan)",
         "",
         "| block | compute | memory | static | total | latency |",
         "|---|---:|---:|---:|---:|---:|",
-        *[f"| {b.block} | {_e(b.compute_energy_j)} | {_e(b.memory_energy_j)} | "
-          f"{_e(b.static_energy_j)} | {_e(b.energy_j)} | {_t(b.latency_s)} |"
+        *[f"| {b.block} | {format_energy(b.compute_energy_j)} | {format_energy(b.memory_energy_j)} | "
+          f"{format_energy(b.static_energy_j)} | {format_energy(b.energy_j)} | {format_time(b.latency_s)} |"
           for b in plan.blocks],
         "",
     ]

@@ -131,3 +131,26 @@ class SensitivityError(QslmError):
 
 class SensitivityCacheError(SensitivityError):
     """A sensitivity cache whose metadata belongs to another model, task or format version."""
+
+
+# --- packed-model runtime (qslm.runtime, python -m qslm.generate) --------------------------------
+
+__all__ += ["ArchitectureError", "PackedCodeError", "GenerationError"]
+
+
+class ArchitectureError(PackedModelError):
+    """A packed model made for another architecture than the runtime executes: no or a foreign
+    model config, a plan naming modules the model lacks, or a packed module whose kind or shape
+    differs from the model's (the message names the module or the config field)."""
+
+
+class PackedCodeError(PackedModelError):
+    """Packed codes or quantization parameters that do not fit the bit widths of the plan: a
+    module stored with other bits (or scheme) than the plan gives it, non-zero padding bits past
+    the last code of a row, zero points outside the code range, non-finite or non-positive
+    scales (the message names the module)."""
+
+
+class GenerationError(QslmError):
+    """Bad generation or sampling arguments (an empty prompt, a token outside the vocabulary,
+    a temperature, top-p or top-k out of range), or a classifier asked to generate."""

@@ -106,3 +106,15 @@ def outputs_by_thread_count(outputs_by_config):
 def outputs_by_isa(outputs_by_config):
     """instruction-set configs only."""
     return {name: out for name, out in outputs_by_config.items() if name.startswith("simd=")}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the duration of a test: much faster for tiny models when the
+    machine runs other work (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -23,13 +23,7 @@ V = 300
 N, T = 6, 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine runs other work: one torch thread is much faster for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_lm(seed: int = 0, **overrides) -> SpikeGPT:

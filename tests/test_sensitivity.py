@@ -43,13 +43,7 @@ N_MULTI_BLOCKS = 2  # blocks.0, blocks.1 (emb and head are single-module blocks)
 N_WANTED = 1 + N_MODULES * len(SPECS) + N_MULTI_BLOCKS * len(SPECS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine runs other work: one torch thread is much faster for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_lm(seed: int = 0) -> SpikeGPT:

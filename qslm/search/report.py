@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hwmodel.report import format_energy, format_time
 from qslm._io import atomic_write_text
 from qslm.search.constraints import relative_performance
 
@@ -81,10 +82,10 @@ class SearchOutcome:
                      cell(uni, "memory_bytes", _fmt_mib), cell(ch, "memory_bytes", _fmt_mib)))
         rows.append(("memory reduction", "0 %", cell(uni, "memory_reduction", _fmt_pct),
                      cell(ch, "memory_reduction", _fmt_pct)))
-        rows.append((f"energy/{r.get('per', 'unit')}", cell(fp, "energy_j", _fmt_j),
-                     cell(uni, "energy_j", _fmt_j), cell(ch, "energy_j", _fmt_j)))
-        rows.append(("latency", cell(fp, "latency_s", _fmt_s), cell(uni, "latency_s", _fmt_s),
-                     cell(ch, "latency_s", _fmt_s)))
+        rows.append((f"energy/{r.get('per', 'unit')}", cell(fp, "energy_j", format_energy),
+                     cell(uni, "energy_j", format_energy), cell(ch, "energy_j", format_energy)))
+        rows.append(("latency", cell(fp, "latency_s", format_time), cell(uni, "latency_s", format_time),
+                     cell(ch, "latency_s", format_time)))
         rows.append(("power", cell(fp, "power_w", _fmt_w), cell(uni, "power_w", _fmt_w),
                      cell(ch, "power_w", _fmt_w)))
         widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
@@ -119,20 +120,6 @@ def _fmt_mib(v: float) -> str:
 
 def _fmt_pct(v: float) -> str:
     return f"{100 * v:.2f} %"
-
-
-def _fmt_j(v: float) -> str:
-    for f, u in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")):
-        if abs(v) >= f:
-            return f"{v / f:.3g} {u}"
-    return f"{v / 1e-12:.3g} pJ"
-
-
-def _fmt_s(v: float) -> str:
-    for f, u in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
-        if abs(v) >= f:
-            return f"{v / f:.3g} {u}"
-    return f"{v / 1e-9:.3g} ns"
 
 
 def _fmt_w(v: float) -> str:
@@ -290,8 +277,8 @@ def render_markdown(r: dict[str, Any], o: SearchOutcome) -> str:
         row(k, lambda d, k=k: _fmt_num(d["final"].get(k, "-")))
     row("parameter memory", lambda d: _fmt_mib(d["memory_bytes"]))
     row("memory reduction", lambda d: _fmt_pct(d["memory_reduction"]))
-    row(f"energy per {r['per']}", lambda d: _fmt_j(d["energy_j"]))
-    row("latency", lambda d: _fmt_s(d["latency_s"]))
+    row(f"energy per {r['per']}", lambda d: format_energy(d["energy_j"]))
+    row("latency", lambda d: format_time(d["latency_s"]))
     row("power", lambda d: _fmt_w(d["power_w"]))
     row("fits / on chip", lambda d: f"{'yes' if d['fits'] else 'no'} / "
                                     f"{'yes' if d['fits_on_chip'] else 'no'}")

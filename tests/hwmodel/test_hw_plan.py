@@ -81,3 +81,48 @@ def test_bad_plan_files(tmp_path, doc, match: str) -> None:
 def test_missing_plan_file(tmp_path) -> None:
     with pytest.raises(PlanError, match="cannot read plan"):
         read_plan_json(tmp_path / "nope.json")
+
+
+def test_qslm_plan_files_are_read(tmp_path) -> None:
+    """qslm's QuantPlan JSON names the granularity and the range choice; the cost model reads the
+    group size and ignores 'clip' (it changes no byte)."""
+    doc = {"format_version": 1,
+           "default": {"bits": 4, "symmetric": False, "granularity": "group", "group_size": 64,
+                       "clip": "mse"},
+           "modules": {"emb": {"bits": 1, "symmetric": True, "granularity": "group",
+                               "group_size": 64},
+                       "head": {"bits": 8, "symmetric": True, "granularity": "channel",
+                                "group_size": None},
+                       "blocks.0.att.key": None}}
+    p = read_plan_json(_write(tmp_path, doc))
+    assert p.spec_for("emb") == ModuleSpec(1, 64, True)
+    assert p.spec_for("head") == ModuleSpec(8, None, True)
+    assert p.spec_for("blocks.1.ffn.key") == ModuleSpec(4, 64, False)
+    assert p.spec_for("blocks.0.att.key") is None
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({"bits": 4, "granularity": "rows"}, "granularity must be tensor, channel or group"),
+    ({"bits": 4, "granularity": "channel", "group_size": 64}, "only used with granularity"),
+    ({"bits": 4, "granularity": "group"}, "needs a group_size"),
+])
+def test_inconsistent_qslm_granularity_is_rejected(tmp_path, spec, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        read_plan_json(_write(tmp_path, {"format_version": 1, "modules": {"a": spec}}))
+
+
+def test_symmetric_bits_are_costed_without_zero_points() -> None:
+    from hwmodel import CostModel
+
+    wl = spikegpt_workload(2, 64, 256)
+    asym = CostModel(wl, "edge-npu", group_size=32, symmetric=False)
+    mixed = CostModel(wl, "edge-npu", group_size=32, symmetric=False, symmetric_bits=(1,))
+    sym = CostModel(wl, "edge-npu", group_size=32, symmetric=True)
+    n = asym.n_modules
+    for bits in (1, 4):
+        B = np.full((1, n), bits)
+        got = mixed.score(B)["scale_bytes"][0]
+        want = (sym if bits == 1 else asym).score(B)["scale_bytes"][0]
+        assert got == want
+    assert asym.score(np.ones((1, n), dtype=int))["scale_bytes"][0] > \
+        mixed.score(np.ones((1, n), dtype=int))["scale_bytes"][0]

@@ -1,0 +1,103 @@
+"""Parity of the packed runtime with the fake-quant torch model of the same plan.
+
+The two compute the same function with the same integer codes and fp16 scales; only the order of
+the float32 accumulations in the matrix products differs (the kernels' lanes and groups vs
+torch's GEMM), so their currents differ in the last bits. The LIF turns a current into a spike by
+a threshold: a current within rounding of the threshold may fire in one and not in the other,
+which then changes that token's residual stream by 1 — rare, but possible. Hence three criteria:
+
+* :data:`LOGIT_RTOL` — logits: for every position, ``max_v |Δ| ≤ LOGIT_RTOL · max_v |ref|``
+  (:func:`relative_logit_error` is the largest such ratio over all positions);
+* :data:`SPIKE_AGREEMENT_MIN` — at least this fraction of all LIF outputs identical
+  (:func:`spike_agreement`, over every LIF and position);
+* :data:`METRIC_RTOL` — task metric (perplexity, accuracy) on the evaluation data within this
+  relative difference; and greedy generations identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qslm.errors import ShapeError
+
+__all__ = [
+    "LOGIT_RTOL",
+    "METRIC_RTOL",
+    "SPIKE_AGREEMENT_MIN",
+    "parity_report",
+    "relative_logit_error",
+    "spike_agreement",
+]
+
+LOGIT_RTOL = 1e-3  # per position: max |Δlogit| / max |reference logit|
+SPIKE_AGREEMENT_MIN = 0.999  # fraction of identical LIF outputs
+METRIC_RTOL = 1e-3  # 0.1 %: |metric − reference| / |reference|
+
+
+def relative_logit_error(logits: Tensor, reference: Tensor) -> float:
+    """Largest per-position ``max |logits − reference| / max |reference|`` (last dim = logits)."""
+    if logits.shape != reference.shape:
+        raise ShapeError(f"logits {tuple(logits.shape)} and reference {tuple(reference.shape)} "
+                         "differ in shape")
+    a = logits.detach().double()
+    b = reference.detach().double()
+    num = (a - b).abs().amax(dim=-1)
+    den = b.abs().amax(dim=-1).clamp_min(1e-30)
+    return float((num / den).max())
+
+
+def spike_agreement(recorder: Any, reference: Any) -> float:
+    """Fraction of identical spikes over every LIF both recorders kept
+    (``record_spikes(keep_spikes=True)`` of the two models run on the same input)."""
+    same = total = 0
+    for name in reference.rates():  # the LIF names, in model order
+        a, b = recorder.spikes(name), reference.spikes(name)
+        if a.shape != b.shape:
+            raise ShapeError(f"{name}: spikes {tuple(a.shape)} vs {tuple(b.shape)}")
+        same += int((a == b).sum())
+        total += a.numel()
+    return same / total if total else 1.0
+
+
+@torch.no_grad()
+def parity_report(runtime: nn.Module, reference: nn.Module, idx: Tensor,
+                  gen_tokens: int = 16) -> dict[str, Any]:
+    """Compare ``runtime`` with the fake-quant ``reference`` on token ids ``idx`` ``(B, T)``:
+    parallel-form and recurrent-form logits, spikes of the parallel form, and (language models)
+    greedy generation of ``gen_tokens`` tokens from ``idx[0]``.
+
+    Returns ``{"parallel_rel_err", "recurrent_rel_err", "spike_agreement",
+    "greedy_identical", "greedy": (runtime tokens, reference tokens), "ok"}``.
+    """
+    from qslm.runtime.sampling import GREEDY, next_token
+
+    reference.eval()
+    runtime.eval()
+    with runtime.record_spikes(keep_spikes=True) as ra, \
+            reference.record_spikes(keep_spikes=True) as rb:
+        la, lb = runtime(idx), reference(idx)
+    out: dict[str, Any] = {"parallel_rel_err": relative_logit_error(la, lb),
+                           "spike_agreement": spike_agreement(ra, rb)}
+    out["recurrent_rel_err"] = relative_logit_error(runtime.forward_recurrent(idx),
+                                                    reference.forward_recurrent(idx))
+    if not runtime.config.is_classifier:
+        gens = []
+        for m in (runtime, reference):
+            state = m.init_state(1)
+            for t in idx[0].tolist():
+                logits, state = m.step(torch.tensor([t]), state)
+            toks = []
+            for _ in range(gen_tokens):
+                t = next_token(logits[0], GREEDY)
+                toks.append(t)
+                logits, state = m.step(torch.tensor([t]), state)
+            gens.append(toks)
+        out["greedy"] = tuple(gens)
+        out["greedy_identical"] = gens[0] == gens[1]
+    out["ok"] = (out["parallel_rel_err"] <= LOGIT_RTOL and out["recurrent_rel_err"] <= LOGIT_RTOL
+                 and out["spike_agreement"] >= SPIKE_AGREEMENT_MIN
+                 and out.get("greedy_identical", True))
+    return out
