@@ -19,6 +19,11 @@ How a packed file becomes a model, without ever holding a float32 copy of a quan
    from the file (``load_state_dict(assign=True)``; float16/bfloat16 kept tensors become float32,
    as in the fake-quant model), strictly: a missing or unexpected tensor is an error.
 
+The model owns its memory: packed codes, float32 scales (and zero points) and the other tensors
+are copied out of the file's memory map once, so the process holds about the packed size
+(:meth:`RuntimeModel.memory`), the file is not kept mapped, and changing or deleting it later
+does not affect the loaded model.
+
 The result computes what the fake-quant torch model of the same plan computes (``forward``,
 ``step``, ``forward_recurrent``, ``record_spikes``: the SpikeGPT API), with the matrix products
 in the kernels' float32 accumulation order (see :mod:`qslm.runtime.parity` for the tolerances).
@@ -84,6 +89,18 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+class _RateCounter(SpikeRecorder):
+    """The model's own always-on recorder (rates only) that also counts neuron updates."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names, keep_spikes=False)
+        self.n_elements = 0
+
+    def add(self, name: str, s: Tensor) -> None:
+        super().add(name, s)
+        self.n_elements += s.numel()
+
+
 class _FanOut:
     """Hands one LIF's spikes to several recorders (the model's own rate counter and the ones of
     nested ``record_spikes()`` blocks)."""
@@ -104,7 +121,9 @@ class RuntimeModel(SpikeGPT):
     (recurrent form), ``record_spikes``, ``hierarchy``, ``workload`` behave as there. Added:
     :meth:`generate`, :meth:`perplexity`, :meth:`accuracy`, measured firing rates, :meth:`cost`,
     and what was loaded (:attr:`plan`, :attr:`module_specs`, :attr:`source`).
-    Inference only: parameters do not require gradients.
+    Inference only (parameters do not require gradients), on the CPU. The recurrent form
+    (``step``, ``forward_recurrent``, ``generate``) runs torch on one thread while it works
+    (``torch.set_num_threads``, restored afterwards; not for concurrent use from several threads).
     """
 
     def __init__(self, config: SpikeGPTConfig) -> None:
@@ -120,7 +139,7 @@ class RuntimeModel(SpikeGPT):
         self.plan: QuantPlan | None = None
         self.module_specs: dict[str, QuantSpec] = {}  # quantized module → its spec
         self.source: Path | None = None
-        self._rates = SpikeRecorder(self.lif_names(), keep_spikes=False)
+        self._rates = _RateCounter(self.lif_names())
         self._recorders: list[SpikeRecorder] = [self._rates]
         self._wire_recorders()
 
@@ -187,10 +206,10 @@ class RuntimeModel(SpikeGPT):
 
     def measured_elements(self) -> int:
         """Neuron updates counted by the firing-rate recorder (0: nothing measured yet)."""
-        return sum(self._rates._totals.values())
+        return self._rates.n_elements
 
     def reset_firing_rates(self) -> None:
-        self._rates = SpikeRecorder(self.lif_names(), keep_spikes=False)
+        self._rates = _RateCounter(self.lif_names())
         self._recorders[0] = self._rates
         self._wire_recorders()
 
@@ -279,6 +298,8 @@ class RuntimeModel(SpikeGPT):
             raise GenerationError("the prompt is empty: generation needs at least one token "
                                   "(e.g. 0, <|endoftext|>)")
         stops = set(self._check_token_ids(list(stop_tokens), "stop_tokens"))
+        if max_new_tokens == 0:
+            return []
         with _one_torch_thread():
             return self._generate(prompt, max_new_tokens, sampling, stops, on_token)
 
@@ -419,8 +440,9 @@ def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
                                       f"the file packs it as {pw.spec}")
             continue
         if pw is None:
-            raise PackedModelError(f"{where}: the plan quantizes {name!r} ({spec}) but the file "
-                                   f"holds no packed weight for it ({name}.weight.packed)")
+            raise ArchitectureError(f"{where}: the plan quantizes {name!r} ({spec}) but the "
+                                    f"file holds no packed weight for it "
+                                    f"({name}.weight.packed): made for another model shape?")
         if pw.spec != spec:
             raise PackedCodeError(f"{where}: module {name!r} is packed as {pw.spec} "
                                   f"({pw.spec.bits} bits) but the plan gives it {spec} "
@@ -456,9 +478,11 @@ def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
             raise PackedModelError(f"{where}: tensor {k!r} has shape {list(t.shape)}, the model "
                                    f"needs {list(ref.shape)}")
         if t.is_floating_point():
-            t = t.to(torch.float32)  # a view when already float32: no copy
+            t = t.to(torch.float32, copy=True)  # own memory, not the file's memory map
         elif ref.is_floating_point():
             raise PackedModelError(f"{where}: tensor {k!r} is {t.dtype}, expected floating point")
+        else:
+            t = t.clone()
         sd[k] = t
     model.load_state_dict(sd, strict=True, assign=True)
     for p in model.parameters():

@@ -33,9 +33,11 @@ __all__ = ["KernelLIF", "PackedEmbedding", "PackedLinear", "packed_nbytes"]
 
 def _kernel_buffers(pw: PackedWeight) -> tuple[Tensor, Tensor, Tensor | None]:
     """(packed uint8 (N, row_bytes), scales f32 (N, G), zero points f32 (N, G) or None) as
-    contiguous CPU tensors (shared with numpy; no copy of the packed codes)."""
+    contiguous CPU tensors of their own: the packed codes are copied out of the file's memory
+    map, so the model neither keeps the file mapped (its fp16 scales resident) nor depends on
+    the file staying unchanged."""
     packed, scales, _bits, _g, zp = pw.kernel_args()
-    return (torch.from_numpy(np.ascontiguousarray(packed)),
+    return (torch.from_numpy(np.array(packed, dtype=np.uint8, order="C", copy=True)),
             torch.from_numpy(np.array(scales, dtype=np.float32, order="C", copy=True)),
             None if zp is None else torch.from_numpy(np.array(zp, dtype=np.float32, order="C",
                                                               copy=True)))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,14 @@ def rewrite(src: Path, dst: Path, doc: Callable[[dict], None] | None = None,
     save_file({k: v.contiguous() for k, v in t.items()}, str(dst),
               metadata={"format": "pt", METADATA_KEY: json.dumps(d)})
     return dst
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread (for module-scoped fixtures; the tests use ``one_torch_thread``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from runtime_helpers import read_file, rewrite, tiny_model
+from runtime_helpers import one_thread, read_file, rewrite, tiny_model
 
 from qslm.errors import (
     ArchitectureError,
@@ -26,8 +26,10 @@ PLAN = QuantPlan({"_default": QuantSpec(3, False, group_size=12),
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    model = tiny_model(seed=11, n_embd=36)
-    return export_packed(model, PLAN, tmp_path_factory.mktemp("good") / "model.qslm.safetensors")
+    with one_thread():
+        model = tiny_model(seed=11, n_embd=36)
+        return export_packed(model, PLAN,
+                             tmp_path_factory.mktemp("good") / "model.qslm.safetensors")
 
 
 def _bad(tmp_path, good, doc=None, tensors=None):

@@ -9,7 +9,7 @@ import copy
 import hwmodel
 import pytest
 import torch
-from runtime_helpers import PLANS, tiny_model
+from runtime_helpers import PLANS, one_thread, tiny_model
 
 from qslm.eval import classification_accuracy, classification_batches, lm_perplexity
 from qslm.models.spikegpt import lif_multistep, lif_step
@@ -43,7 +43,8 @@ def _pair(tmp_path, model, plan):
 
 @pytest.fixture(scope="module")
 def lm():
-    return tiny_model(seed=0)
+    with one_thread():
+        return tiny_model(seed=0)
 
 
 @pytest.mark.parametrize("plan_name", list(PLANS))
