@@ -283,6 +283,22 @@ def render_markdown(r: dict[str, Any], o: SearchOutcome) -> str:
     row("fits / on chip", lambda d: f"{'yes' if d['fits'] else 'no'} / "
                                     f"{'yes' if d['fits_on_chip'] else 'no'}")
     s = r["search"]
+    rt = r.get("runtime")
+    if rt:
+        rates = rt["firing_rates_plan"]
+        mean_rate = sum(rates.values()) / max(len(rates), 1)
+        fp_rates = rt["firing_rates_fp32"]
+        fp_mean = sum(fp_rates.values()) / max(len(fp_rates), 1)
+        L += ["", "## Packed model on the runtime", "",
+              f"- `model.qslm.safetensors` run by `qslm.runtime` (Rust kernels) on the evaluation "
+              f"data: {o.show_metric(rt['packed_metric'])} vs {o.show_metric(rt['fake_quant_metric'])}"
+              f" with fake-quant (relative difference {rt['relative_difference']:.2e}; tolerance "
+              f"{rt['tolerance']:g}: {'ok' if rt['within_tolerance'] else 'EXCEEDED'})",
+              f"- mean firing rate of the LIF neurons: {mean_rate:.4f} quantized vs {fp_mean:.4f} "
+              "fp32 (per neuron in report.json)",
+              f"- energy with the paper's idealized spike accounting at these measured rates: "
+              f"{format_energy(rt['idealized_spike_energy']['plan_energy_j'])} vs "
+              f"{format_energy(rt['idealized_spike_energy']['fp32_energy_j'])} fp32 per {r['per']}"]
     L += ["", "## Search cost", "",
           f"- plans scored (predictor + cost model): {s['plans_scored']:,}",
           f"- full evaluations: {s['full_evaluations']} ({s['new_evaluations']} run now, "
@@ -338,6 +354,37 @@ def _plots(o: SearchOutcome, r: dict[str, Any], staging: Path) -> list[str]:
     return ["pareto.png", "bits.png", "memory.png", "cost.png"]
 
 
+def _runtime_check(o: SearchOutcome, path: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run the exported packed model on the Rust kernels (``qslm.runtime``) over the evaluation
+    data: its metric must match the fake-quant one, and its firing rates — the quantized
+    model's, not the fp32 one's — go to the cost model."""
+    import hwmodel
+    from qslm.runtime import METRIC_RTOL, load_runtime
+
+    say("checking the packed model on the runtime ...")
+    t0 = time.perf_counter()
+    rt = load_runtime(path)
+    rt.reset_firing_rates()
+    metric = float(o.tasks.evaluation.metric(rt))
+    rates = rt.firing_rates()
+    with o.model.record_spikes() as rec:
+        o.tasks.evaluation.metric(o.model)  # fp32 rates on the same data
+    fp32_rates = rec.rates()
+    ref = o.chosen.metric
+    rel = abs(metric - ref) / max(abs(ref), 1e-12)
+    per = "sequence" if getattr(rt.config, "is_classifier", False) else None
+    seq = o.tasks.seq_len if per == "sequence" else None
+    wl = rt.workload(None, per, spike_inputs="idealized", seq_len=seq)
+    wl_fp = o.model.workload(rec.block_rates(), per, spike_inputs="idealized", seq_len=seq)
+    idealized = {"plan_energy_j": hwmodel.cost(wl, rt.hw_plan(), o.device).energy_j,
+                 "fp32_energy_j": hwmodel.cost(wl_fp, None, o.device).energy_j}
+    return {"packed_metric": metric, "fake_quant_metric": ref, "relative_difference": rel,
+            "within_tolerance": rel <= METRIC_RTOL, "tolerance": METRIC_RTOL,
+            "firing_rates_plan": rates, "firing_rates_fp32": fp32_rates,
+            "idealized_spike_energy": idealized, "memory_bytes": rt.memory(),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def write_outputs(o: SearchOutcome, out: Path, *, final_eval: bool, export: bool, plots: bool,
                   say: Callable[[str], None]) -> dict[str, Path]:
     """Final measurements, then every output file, staged and moved into ``out``."""
@@ -359,6 +406,7 @@ def write_outputs(o: SearchOutcome, out: Path, *, final_eval: bool, export: bool
 
             export_packed(o.model, plan, staging / "model.qslm.safetensors")
             names.append("model.qslm.safetensors")
+            report["runtime"] = _runtime_check(o, staging / "model.qslm.safetensors", say)
         if plots:
             names += _plots(o, report, staging)
         report["search"]["wall_s"] = time.perf_counter() - o.t_start

@@ -180,6 +180,14 @@ def test_end_to_end_run_writes_every_output_and_a_rerun_evaluates_nothing(
     assert report["task"]["name"] == "fidelity"
     assert report["search"]["new_evaluations"] == report["search"]["full_evaluations"] >= 2
     assert report["search"]["reused_evaluations"] == 0
+    # the exported packed model, run by qslm.runtime on the evaluation data, gives the metric of
+    # the fake-quant evaluation, and its firing rates are reported
+    rt = report["runtime"]
+    assert rt["within_tolerance"] and rt["relative_difference"] <= rt["tolerance"]
+    assert rt["fake_quant_metric"] == chosen["metric"]
+    assert set(rt["firing_rates_plan"]) == set(rt["firing_rates_fp32"]) != set()
+    assert all(0.0 <= v <= 1.0 for v in rt["firing_rates_plan"].values())
+    assert rt["memory_bytes"]["total"] < fp32["memory_bytes"]
     # the plan file is the chosen plan
     plan = QuantPlan.load(out / "plan.json")
     modules = list(chosen["bits"])
