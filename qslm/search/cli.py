@@ -345,7 +345,8 @@ def _run(args: argparse.Namespace) -> int:
         args=vars(args), config=config, model=model, model_name=args.model, device=device,
         tasks=tasks, floor=floor, budget=budget, space=space, table=table, ctx=ctx,
         result=result, chosen=chosen, feasible=feasible, notice=notice,
-        timings={"sensitivity_s": t_sens, "search_s": t_search}, t_start=t_start)
+        timings={"sensitivity_s": t_sens, "search_s": t_search}, t_start=t_start,
+        tokenizer_path=tok_path if task != "fidelity" else None)
     write_outputs(outcome, out, final_eval=not args.no_final_eval, export=not args.no_export,
                   plots=not args.no_plots, say=_say)
     print(outcome.summary_table())

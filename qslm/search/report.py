@@ -53,6 +53,7 @@ class SearchOutcome:
     timings: dict[str, float]
     t_start: float
     report: dict[str, Any] | None = None
+    tokenizer_path: Path | None = None  # copied beside the packed model (qslm.generate finds it)
 
     # ---- presentation helpers ----------------------------------------------------------------
     def show_metric(self, value: float) -> str:
@@ -407,6 +408,9 @@ def write_outputs(o: SearchOutcome, out: Path, *, final_eval: bool, export: bool
             export_packed(o.model, plan, staging / "model.qslm.safetensors")
             names.append("model.qslm.safetensors")
             report["runtime"] = _runtime_check(o, staging / "model.qslm.safetensors", say)
+            if o.tokenizer_path is not None:
+                shutil.copyfile(o.tokenizer_path, staging / "tokenizer.json")
+                names.append("tokenizer.json")
         if plots:
             names += _plots(o, report, staging)
         report["search"]["wall_s"] = time.perf_counter() - o.t_start
