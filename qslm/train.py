@@ -350,7 +350,7 @@ def train(r: Recipe, run_dir: Path, data_dir: str | None, fresh: bool, max_steps
                     row.update(dev_accuracy=sst2_accuracy(model, examples["dev"], r))
                 t_last = time.perf_counter()
             append_jsonl(run.metrics, row)
-            bar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in row.items()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{k: f"{v:.3f}" for k, v in row.items()
                                                           if k in ("val_loss", "dev_accuracy")})
         if run.step % r.ckpt_every == 0 or run.step == stop:
             run.save()
