@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from qslm.errors import QslmError
 
 __all__ = [
@@ -158,8 +160,12 @@ class MemoryBudget:
         return {"kind": self.kind, "bytes": self.bytes, "text": self.describe()}
 
 
-def relative_performance(metric: str, degradation: float, baseline: float) -> float:
-    """Performance relative to fp32 (higher is better, fp32 = 1) from a degradation."""
+def relative_performance(metric: str, degradation: Any, baseline: float) -> Any:
+    """Performance relative to fp32 (higher is better, fp32 = 1) from a degradation: a float for
+    a float, an array for an array (the search scores thousands of plans at once)."""
+    d = np.asarray(degradation, dtype=np.float64)
     if metric == "accuracy":
-        return (baseline - degradation) / baseline if baseline > 0 else 0.0
-    return math.exp(-degradation)
+        out = (baseline - d) / baseline if baseline > 0 else np.zeros_like(d)
+    else:
+        out = np.exp(-d)
+    return float(out) if out.ndim == 0 else out

@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from qslm.errors import QslmError
+from qslm.errors import QslmError, SensitivityError
 from qslm.hierarchy import Hierarchy
 from qslm.quant import QuantPlan, QuantSpec, apply_fake_quant
 from qslm.search.constraints import MemoryBudget, PerformanceFloor, relative_performance
@@ -227,7 +227,7 @@ class Predictor:
             for j, b in enumerate(levels[1:], start=1):
                 try:
                     BD[k, j] = max(0.0, table.block_delta(bname, space.spec(b)))
-                except Exception:  # block not measured at this width: fall back to the sum
+                except SensitivityError:  # block not measured at this width: use the sum
                     BD[k, j] = self.D[list(members), j].sum()
         self.BD = self._monotone(BD)
         self._members = [np.array(space.blocks[b], dtype=np.int64) for b in self.block_names]
@@ -471,10 +471,11 @@ class SearchContext:
         """Predicted degradation, exact memory/fit/energy, predicted score of a (P, M) matrix."""
         B = np.atleast_2d(np.asarray(bits, dtype=np.int64))
         c = self.cost.score(self._cost_bits(B))
-        pred = self.predictor.predict(B)
-        perf = np.array([relative_performance(self.metric_kind, d, self.baseline) for d in pred])
+        raw = self.predictor.raw(B)
+        pred = raw * (self.predictor.gain if self.predictor.gain is not None else 1.0)
+        perf = relative_performance(self.metric_kind, pred, self.baseline)
         mem = c["param_bytes"]
-        out = {"pred": pred, "raw": self.predictor.raw(B), "memory": mem,
+        out = {"pred": pred, "raw": raw, "memory": mem,
                "fits": c["fits"], "energy": c["energy_j"], "power": c["power_w"],
                "latency": c["latency_s"], "mem_ok": self.memory_ok(mem, c["fits"]),
                "score": self.alpha * perf + (1 - self.alpha) * (1 - mem / self.fp32_bytes)}

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from qslm.errors import QslmError
@@ -80,17 +79,6 @@ def find_tokenizer(model_ref: str, tokenizer: str | None) -> Path | None:
     return None
 
 
-def _lm_windows(ids: np.ndarray, n: int, length: int, seed: int, what: str) -> torch.Tensor:
-    n_starts = len(ids) - length + 1
-    if n_starts < n:
-        raise TaskDataError(f"{what} holds {len(ids)} tokens: too few for {n} windows of "
-                            f"{length}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randperm(n_starts, generator=g)[:n].sort().values
-    t = torch.from_numpy(ids.astype(np.int64))
-    return torch.stack([t[s:s + length] for s in starts.tolist()])
-
-
 def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
                 data_dir: str | None, calib_samples: int | None, eval_samples: int | None,
                 seed: int, progress: bool = True) -> SearchTasks:
@@ -138,9 +126,10 @@ def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
             raise TaskDataError(f"the tokenizer {tokenizer_path} produces ids up to "
                                 f"{int(train.max())} but the model has {vocab} tokens: not "
                                 "this model's tokenizer")
-        cal = LMCalibrationTask(_lm_windows(train, n_cal, ctx + 1, seed, "wiki.train"), 8)
+        cal = LMCalibrationTask.from_token_ids(train, n_cal, ctx + 1, seed=seed, batch_size=8)
         n_eval = n_eval or max(1, (len(valid) - 1) // ctx)
-        ev = LMCalibrationTask(_lm_windows(valid, n_eval, ctx + 1, seed + 1, "wiki.valid"), 16)
+        ev = LMCalibrationTask.from_token_ids(valid, n_eval, ctx + 1, seed=seed + 1,
+                                              batch_size=16)
         test_text = load_wikitext2("test", data_dir)
         test = np.asarray(tok.encode(test_text).ids, dtype=np.int64)
         n_words = count_words(test_text)
