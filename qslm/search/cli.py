@@ -26,6 +26,7 @@ from typing import Any
 
 from qslm.errors import QslmError
 from qslm.search.constraints import (
+    FLOOR_METRIC,
     MemoryBudget,
     PerformanceFloor,
     SearchInputError,
@@ -39,6 +40,7 @@ DEFAULT_BITS = "1,2,3,4,5,6,8"
 DEFAULT_FLOORS = {"wikitext2": ("ppl-increase", 0.05), "sst2": ("acc-drop", 1.0),
                   "fidelity": ("kl", 0.05)}
 CONFIG_VERSION = 1
+METRIC_TASK = {"accuracy": "sst2", "nll": "wikitext2", "kl": "fidelity"}  # a floor's task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,8 +150,7 @@ def _floor(args: argparse.Namespace, task: str) -> PerformanceFloor:
         kind, value = DEFAULT_FLOORS[task]
         return PerformanceFloor(kind, value)
     flag, kind, text = given[0]
-    needs = {"acc-drop": "sst2", "min-acc": "sst2", "ppl-increase": "wikitext2",
-             "max-ppl": "wikitext2", "kl": "fidelity"}[kind]
+    needs = METRIC_TASK[FLOOR_METRIC[kind]]
     if needs != task:
         raise SearchInputError(f"{flag} does not apply to the {task} task (it is a {needs} "
                                "floor)")
