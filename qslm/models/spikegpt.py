@@ -272,6 +272,14 @@ class SpikeRecorder:
         if self.keep_spikes:
             self._spikes[name].append(s.to(torch.bool))
 
+    def add_counts(self, name: str, spikes: int, elements: int) -> None:
+        """Record ``spikes`` fired among ``elements`` neuron updates without the spikes
+        themselves (a fused kernel that only counts); not with ``keep_spikes``."""
+        if self.keep_spikes:
+            raise ConfigError("this recorder keeps spikes: it needs the spike tensors, not counts")
+        self._counts[name] = self._counts[name] + int(spikes)
+        self._totals[name] += int(elements)
+
     def rates(self) -> dict[str, float]:
         return {n: float(self._counts[n]) / t if (t := self._totals[n]) else 0.0
                 for n in self._counts}

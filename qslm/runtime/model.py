@@ -100,6 +100,10 @@ class _RateCounter(SpikeRecorder):
         super().add(name, s)
         self.n_elements += s.numel()
 
+    def add_counts(self, name: str, spikes: int, elements: int) -> None:
+        super().add_counts(name, spikes, elements)
+        self.n_elements += int(elements)
+
 
 class _FanOut:
     """Hands one LIF's spikes to several recorders (the model's own rate counter and the ones of
@@ -139,6 +143,9 @@ class RuntimeModel(SpikeGPT):
         self.plan: QuantPlan | None = None
         self.module_specs: dict[str, QuantSpec] = {}  # quantized module → its spec
         self.source: Path | None = None
+        # generate() on the fused Rust step (qslm.runtime.engine); False: on step(), the
+        # torch modules calling the kernels one product at a time.
+        self.fused_step = True
         self._rates = _RateCounter(self.lif_names())
         self._recorders: list[SpikeRecorder] = [self._rates]
         self._wire_recorders()
@@ -301,24 +308,60 @@ class RuntimeModel(SpikeGPT):
         if max_new_tokens == 0:
             return []
         with _one_torch_thread():
+            if self.fused_step and not any(r.keep_spikes for r in self._recorders):
+                return self._generate_fused(prompt, max_new_tokens, sampling, stops, on_token)
             return self._generate(prompt, max_new_tokens, sampling, stops, on_token)
 
     def _generate(self, prompt: list[int], max_new_tokens: int, sampling: Sampling,
                   stops: set[int], on_token: Callable[[int], None] | None) -> list[int]:
-        gen = sampling.generator() if not sampling.greedy else None
         state = self.init_state(1)
+
+        def step(tok: int) -> Tensor:
+            nonlocal state
+            logits, state = self.step(torch.tensor([tok], dtype=torch.int64), state)
+            return logits[0]
+
+        return self._decode(step, prompt, max_new_tokens, sampling, stops, on_token)
+
+    def _generate_fused(self, prompt: list[int], max_new_tokens: int, sampling: Sampling,
+                        stops: set[int], on_token: Callable[[int], None] | None) -> list[int]:
+        """:meth:`_generate` on the Rust step engine (:mod:`qslm.runtime.engine`): one kernel
+        call per token; the spikes it counted go to the firing-rate recorders at the end."""
+        from qslm.runtime.engine import engine_for
+
+        engine = engine_for(self)
+        state = engine.new_state()
+        try:
+            return self._decode(lambda tok: torch.from_numpy(engine.step(tok, state)), prompt,
+                                max_new_tokens, sampling, stops, on_token)
+        finally:
+            counts = state.spike_counts.tolist()
+            per_lif = state.steps * self.config.n_embd
+            for layer in range(self.config.n_layer):  # the engine's order: lif1, lif2 per block
+                for j in (1, 2):
+                    for rec in self._recorders:
+                        rec.add_counts(f"blocks.{layer}.lif{j}", counts[2 * layer + j - 1],
+                                       per_lif)
+
+    @staticmethod
+    def _decode(step: Callable[[int], Tensor], prompt: list[int], max_new_tokens: int,
+                sampling: Sampling, stops: set[int],
+                on_token: Callable[[int], None] | None) -> list[int]:
+        """Feed the prompt through ``step`` (token → logits (V,)), then choose and feed back
+        up to ``max_new_tokens`` tokens."""
+        gen = sampling.generator() if not sampling.greedy else None
         logits = None
         for tok in prompt:
-            logits, state = self.step(torch.tensor([tok], dtype=torch.int64), state)
+            logits = step(tok)
         out: list[int] = []
         for i in range(max_new_tokens):
-            tok = next_token(logits[0], sampling, gen)
+            tok = next_token(logits, sampling, gen)
             out.append(tok)
             if on_token is not None:
                 on_token(tok)
             if tok in stops or i == max_new_tokens - 1:
                 break
-            logits, state = self.step(torch.tensor([tok], dtype=torch.int64), state)
+            logits = step(tok)
         return out
 
     # ---- scoring -------------------------------------------------------------------------------

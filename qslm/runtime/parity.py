@@ -70,7 +70,10 @@ def parity_report(runtime: nn.Module, reference: nn.Module, idx: Tensor,
     greedy generation of ``gen_tokens`` tokens from ``idx[0]``.
 
     Returns ``{"parallel_rel_err", "recurrent_rel_err", "spike_agreement",
-    "greedy_identical", "greedy": (runtime tokens, reference tokens), "ok"}``.
+    "greedy_identical", "greedy": (runtime tokens, reference tokens), "ok"}``, and for a
+    :class:`~qslm.runtime.RuntimeModel` with its fused step on, ``"fused_rel_err"`` (the Rust
+    step engine's logits along ``idx[0]``); the runtime's greedy tokens come from its own
+    ``generate`` (the fused engine by default).
     """
     from qslm.runtime.sampling import GREEDY, next_token
 
@@ -84,20 +87,45 @@ def parity_report(runtime: nn.Module, reference: nn.Module, idx: Tensor,
     out["recurrent_rel_err"] = relative_logit_error(runtime.forward_recurrent(idx),
                                                     reference.forward_recurrent(idx))
     if not runtime.config.is_classifier:
-        gens = []
-        for m in (runtime, reference):
-            state = m.init_state(1)
-            for t in idx[0].tolist():
-                logits, state = m.step(torch.tensor([t]), state)
-            toks = []
-            for _ in range(gen_tokens):
-                t = next_token(logits[0], GREEDY)
-                toks.append(t)
-                logits, state = m.step(torch.tensor([t]), state)
-            gens.append(toks)
-        out["greedy"] = tuple(gens)
-        out["greedy_identical"] = gens[0] == gens[1]
+        prompt = idx[0].tolist()
+        state = reference.init_state(1)
+        ref_logits = []
+        for t in prompt:
+            logits, state = reference.step(torch.tensor([t]), state)
+            ref_logits.append(logits[0])
+        toks = []
+        for _ in range(gen_tokens):
+            t = next_token(logits[0], GREEDY)
+            toks.append(t)
+            logits, state = reference.step(torch.tensor([t]), state)
+        if hasattr(runtime, "generate"):  # a RuntimeModel: its own generation path
+            gen = runtime.generate(prompt, gen_tokens)
+        else:
+            gen = _greedy(runtime, prompt, gen_tokens)
+        out["greedy"] = (gen, toks)
+        out["greedy_identical"] = gen == toks
+        if getattr(runtime, "fused_step", False):  # the Rust step engine along the prompt
+            from qslm.runtime.engine import engine_for
+
+            engine = engine_for(runtime)
+            st = engine.new_state()
+            fused = torch.stack([torch.from_numpy(engine.step(t, st)) for t in prompt])
+            out["fused_rel_err"] = relative_logit_error(fused, torch.stack(ref_logits))
     out["ok"] = (out["parallel_rel_err"] <= LOGIT_RTOL and out["recurrent_rel_err"] <= LOGIT_RTOL
+                 and out.get("fused_rel_err", 0.0) <= LOGIT_RTOL
                  and out["spike_agreement"] >= SPIKE_AGREEMENT_MIN
                  and out.get("greedy_identical", True))
     return out
+
+
+def _greedy(model: nn.Module, prompt: list[int], n: int) -> list[int]:
+    from qslm.runtime.sampling import GREEDY, next_token
+
+    state = model.init_state(1)
+    for t in prompt:
+        logits, state = model.step(torch.tensor([t]), state)
+    toks = []
+    for _ in range(n):
+        toks.append(next_token(logits[0], GREEDY))
+        logits, state = model.step(torch.tensor([toks[-1]]), state)
+    return toks

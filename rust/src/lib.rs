@@ -8,6 +8,7 @@ pub mod lif;
 pub mod matmul;
 pub mod pack;
 pub mod qweights;
+pub mod rwkv;
 pub mod simd;
 pub mod spike;
 #[cfg(target_arch = "x86_64")]

@@ -2,13 +2,14 @@
 //! No kernel logic lives here.
 
 use crate::error::KernelError;
-use crate::{lif, matmul, pack, spike, QWeights};
+use crate::{lif, matmul, pack, rwkv, spike, QWeights};
 use numpy::ndarray::{Array1, Array2};
 use numpy::{
     dtype, Element, IntoPyArray, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 pyo3::import_exception!(qslm.errors, QslmError);
 pyo3::import_exception!(qslm.errors, ShapeError);
@@ -266,6 +267,171 @@ fn lif_scan<'py>(
     ))
 }
 
+// ---- the fused SpikeGPT recurrent step ---------------------------------------------------------
+
+/// Arrays the engine reads live: the Python objects are kept alive by the engine, and their data
+/// is read through raw slices (numpy never moves or frees the buffer of an array that is
+/// referenced; an in-place change of an array is seen by the next step, as in torch).
+struct Held {
+    keep: Vec<Py<PyAny>>,
+}
+
+impl Held {
+    /// A checked array as a slice that lives as long as the engine (see [`Held`]).
+    fn slice<T: Element>(&mut self, obj: &Bound<'_, PyAny>, name: &str, ndims: &[usize], want: &str) -> PyResult<(&'static [T], Vec<usize>)> {
+        let a = array::<T>(obj, name, ndims, want)?;
+        let s = a.slice();
+        // SAFETY: `obj` is kept alive in `self.keep` for the engine's lifetime, and a numpy
+        // array's buffer neither moves nor is freed while the array is referenced.
+        let s: &'static [T] = unsafe { std::slice::from_raw_parts(s.as_ptr(), s.len()) };
+        self.keep.push(obj.clone().unbind());
+        Ok((s, a.shape.clone()))
+    }
+
+    fn vector(&mut self, d: &Bound<'_, PyDict>, key: &str, c: usize) -> PyResult<&'static [f32]> {
+        let obj = d.get_item(key)?.ok_or_else(|| ShapeError::new_err(format!("tensors: missing {key:?}")))?;
+        let (s, _) = self.slice::<f32>(&obj, key, &[1], "float32")?;
+        if s.len() != c {
+            return Err(ShapeError::new_err(format!("{key} must have {c} elements, got {}", s.len())));
+        }
+        Ok(s)
+    }
+
+    fn norm(&mut self, d: &Bound<'_, PyDict>, key: &str, c: usize) -> PyResult<rwkv::Norm<'static>> {
+        Ok(rwkv::Norm { weight: self.vector(d, &format!("{key}.weight"), c)?, bias: self.vector(d, &format!("{key}.bias"), c)? })
+    }
+
+    /// Module `name`: packed when `packed` has it (a tuple `(codes, scales, zero_points, bits,
+    /// group_size)`), else the float32 matrix `tensors[name + ".weight"]`.
+    fn weight(&mut self, tensors: &Bound<'_, PyDict>, packed: &Bound<'_, PyDict>, name: &str, n: usize, k: usize) -> PyResult<rwkv::Weight<'static>> {
+        if let Some(t) = packed.get_item(name)? {
+            let (codes, scales, zp, bits, group_size): (Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>, i64, i64) = t.extract()?;
+            let (c, cshape) = self.slice::<u8>(&codes, &format!("{name} codes"), &[2], "uint8")?;
+            let (s, sshape) = self.slice::<f32>(&scales, &format!("{name} scales"), &[2], "float32")?;
+            let z = if zp.is_none() { None } else { Some(self.slice::<f32>(&zp, &format!("{name} zero points"), &[2], "float32")?) };
+            let zv = z.as_ref().map(|(z, zs)| (*z, (zs[0], zs[1])));
+            let q = QWeights::new(c, (cshape[0], cshape[1]), s, (sshape[0], sshape[1]), zv, k, bits, group_size).map_err(to_py_err)?;
+            if q.n != n {
+                return Err(ShapeError::new_err(format!("{name}: packed weight has {} rows, the model needs {n}", q.n)));
+            }
+            return Ok(rwkv::Weight::Packed(q));
+        }
+        let key = format!("{name}.weight");
+        let obj = tensors.get_item(&key)?.ok_or_else(|| ShapeError::new_err(format!("{name} is neither packed nor in tensors ({key:?})")))?;
+        let (w, shape) = self.slice::<f32>(&obj, &key, &[2], "float32")?;
+        if shape != [n, k] {
+            return Err(ShapeError::new_err(format!("{key} must be ({n}, {k}), got {}", fmt_shape(&shape))));
+        }
+        rwkv::Weight::dense(w, n, k).map_err(to_py_err)
+    }
+}
+
+/// SpikeGPT's recurrent form for batch 1, one call per token, in Rust (`rust/src/rwkv.rs`).
+///
+/// `config`: `n_embd`, `vocab_size`, `n_layer`, `rescale_every`, `binary_embedding`, `tau`,
+/// `v_threshold`, `v_reset`. `tensors`: float32 arrays by state-dict name (LayerNorms, time-mix
+/// vectors flattened to `(C,)`, `blocks.{l}.att.decay` = −exp(time_decay), `blocks.{l}.att.time_first`,
+/// and the `.weight` of every module kept at full precision). `packed`: module name →
+/// `(codes, scales, zero_points or None, bits, group_size)` for every quantized module.
+#[pyclass(module = "qslm._kernels", frozen)]
+struct RwkvEngine {
+    engine: rwkv::Engine<'static>,
+    _held: Vec<Py<PyAny>>,
+}
+
+/// The recurrent state of an [`RwkvEngine`] (batch 1), with the spikes counted per LIF.
+#[pyclass(module = "qslm._kernels")]
+struct RwkvState {
+    state: rwkv::State,
+}
+
+fn cfg<'py, T: for<'a> FromPyObject<'a, 'py, Error = PyErr>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    d.get_item(key)?
+        .ok_or_else(|| QslmError::new_err(format!("config: missing {key:?}")))?
+        .extract::<T>()
+        .map_err(|e| QslmError::new_err(format!("config {key:?}: {e}")))
+}
+
+#[pymethods]
+impl RwkvEngine {
+    #[new]
+    fn new(config: &Bound<'_, PyDict>, tensors: &Bound<'_, PyDict>, packed: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let c: usize = cfg(config, "n_embd")?;
+        let v: usize = cfg(config, "vocab_size")?;
+        let n_layer: usize = cfg(config, "n_layer")?;
+        let lif = lif::LifParams::new(cfg(config, "tau")?, cfg(config, "v_threshold")?, cfg(config, "v_reset")?).map_err(to_py_err)?;
+        let mut h = Held { keep: Vec::new() };
+        let mut blocks = Vec::with_capacity(n_layer);
+        for l in 0..n_layer {
+            let p = |s: &str| format!("blocks.{l}.{s}");
+            blocks.push(rwkv::BlockParams {
+                ln1: h.norm(tensors, &p("ln1"), c)?,
+                ln2: h.norm(tensors, &p("ln2"), c)?,
+                att_mix: [h.vector(tensors, &p("att.time_mix_k"), c)?, h.vector(tensors, &p("att.time_mix_v"), c)?, h.vector(tensors, &p("att.time_mix_r"), c)?],
+                ffn_mix: [h.vector(tensors, &p("ffn.time_mix_k"), c)?, h.vector(tensors, &p("ffn.time_mix_r"), c)?],
+                decay: h.vector(tensors, &p("att.decay"), c)?,
+                first: h.vector(tensors, &p("att.time_first"), c)?,
+                att_key: h.weight(tensors, packed, &p("att.key"), c, c)?,
+                att_value: h.weight(tensors, packed, &p("att.value"), c, c)?,
+                att_receptance: h.weight(tensors, packed, &p("att.receptance"), c, c)?,
+                att_output: h.weight(tensors, packed, &p("att.output"), c, c)?,
+                ffn_key: h.weight(tensors, packed, &p("ffn.key"), 4 * c, c)?,
+                ffn_receptance: h.weight(tensors, packed, &p("ffn.receptance"), c, c)?,
+                ffn_value: h.weight(tensors, packed, &p("ffn.value"), c, 4 * c)?,
+            });
+        }
+        let engine = rwkv::Engine {
+            n_embd: c,
+            vocab_size: v,
+            emb: h.weight(tensors, packed, "emb", v, c)?,
+            binary_embedding: cfg(config, "binary_embedding")?,
+            ln0: h.norm(tensors, "blocks.0.ln0", c)?,
+            blocks,
+            ln_out: h.norm(tensors, "ln_out", c)?,
+            head: h.weight(tensors, packed, "head", v, c)?,
+            rescale_every: cfg(config, "rescale_every")?,
+            lif,
+        };
+        engine.validate().map_err(to_py_err)?;
+        Ok(Self { engine, _held: h.keep })
+    }
+
+    /// A fresh state (zeros, p = −1e30, membranes at v_reset, no spikes counted).
+    fn new_state(&self) -> RwkvState {
+        RwkvState { state: self.engine.new_state() }
+    }
+
+    /// One token → next-token logits float32 `(V,)`; `state` moves on by one token.
+    fn step<'py>(&self, py: Python<'py>, token: i64, mut state: PyRefMut<'_, RwkvState>) -> PyResult<Bound<'py, PyAny>> {
+        let t = usize::try_from(token).map_err(|_| ShapeError::new_err(format!("token must be >= 0, got {token}")))?;
+        let v = self.engine.vocab_size;
+        if t >= v {
+            return Err(ShapeError::new_err(format!("token {t} is outside the vocabulary [0, {v})")));
+        }
+        let st = &mut state.state;
+        let e = &self.engine;
+        let logits = py.detach(|| e.step(t, st)).map_err(to_py_err)?;
+        shaped(py, logits, &[v])
+    }
+}
+
+#[pymethods]
+impl RwkvState {
+    /// Spikes fired per LIF since the state was made: int64 `(2·L,)`, (lif1, lif2) per block.
+    #[getter]
+    fn spike_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v: Vec<i64> = self.state.spike_counts.iter().map(|&c| c as i64).collect();
+        let n = v.len();
+        shaped(py, v, &[n])
+    }
+
+    /// Tokens stepped since the state was made.
+    #[getter]
+    fn steps(&self) -> u64 {
+        self.state.steps
+    }
+}
+
 /// The instruction set the kernels use on this CPU ("avx512", "avx2" or "scalar").
 #[pyfunction]
 fn simd_isa() -> &'static str {
@@ -287,5 +453,7 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lif_scan, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_class::<RwkvEngine>()?;
+    m.add_class::<RwkvState>()?;
     Ok(())
 }

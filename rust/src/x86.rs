@@ -122,6 +122,10 @@ pub unsafe fn gemv_lut_rows(w: &QWeights, xp: &[f32], m: usize, n0: usize, out: 
     }
 }
 
+/// How far ahead of the codes being read the batch-1 loop prefetches (the rows of a matrix are
+/// contiguous, so this runs into the next rows).
+const PREFETCH_BYTES: usize = 2048;
+
 /// Batch-1 case with the accumulators in registers: 4 independent FMA chains.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn gemv_lut_m1<const B: u32>(w: &QWeights, xp: &[f32], n0: usize, out: &mut [f32]) {
@@ -146,6 +150,9 @@ unsafe fn gemv_lut_m1<const B: u32>(w: &QWeights, xp: &[f32], n0: usize, out: &m
             };
             let end = (c + chunks_per_group).min(nchunks);
             while c < end {
+                if c % 4 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c * 16 + PREFETCH_BYTES) as *const i8);
+                }
                 let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(row.add(c * 16) as *const __m128i));
                 let xc = xp.as_ptr().add(c * ce);
                 for p in 0..per {
