@@ -28,21 +28,27 @@ def record():
     """``record(benchmark, group, role)`` with role "baseline" or "qslm": keeps the median."""
 
     def _record(benchmark, group: str, role: str, target: float | None = None) -> None:
+        """``role`` "baseline", "qslm", or "qslm:VARIANT" (another qslm configuration, reported
+        on its own row against the same baseline)."""
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # --benchmark-disable
             return
         entry = _RESULTS.setdefault(group, {})
         entry[role] = stats.stats.median
-        if target is not None:
+        if target is not None and role == "qslm":
             entry["target"] = target
-        if "baseline" in entry and "qslm" in entry:
-            benchmark.extra_info["speedup"] = entry["baseline"] / entry["qslm"]
+        if "baseline" in entry and role != "baseline" and role in entry:
+            benchmark.extra_info["speedup"] = entry["baseline"] / entry[role]
 
     return _record
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    rows = [(g, r) for g, r in _RESULTS.items() if "baseline" in r and "qslm" in r]
+    rows = [(g if role == "qslm" else f"{g} [{role[5:]}]",
+             {"baseline": r["baseline"], "qslm": r[role],
+              **({"target": r["target"]} if role == "qslm" and "target" in r else {})})
+            for g, r in _RESULTS.items() if "baseline" in r
+            for role in r if role.startswith("qslm")]
     if not rows:
         return
     tr = terminalreporter

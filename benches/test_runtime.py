@@ -7,8 +7,14 @@ Models:
 * a random model in the SpikeGPT-216M shape (18 × 768, V 50277) at 4-bit symmetric, groups of 64
   (every module, embedding and head included) — generation vs the fp32 torch recurrent form, and
   RSS of the loaded packed model vs the fp32 model (issue target: ≤ 1/6);
-* the bundled models at a plan (LM: sign-binarized embedding, 4-bit asymmetric g64 elsewhere;
-  classifier: 4-bit asymmetric g64) — tokens/s and sequences/s vs their fp32 torch model.
+* the bundled models at their **searched plans** (``benches/plans/*.plan.json``: the tiered
+  search's choice for edge-npu with the default floors, copied from ``runs/results/*/plan.json``
+  of ``scripts/results.sh``) — tokens/s and sequences/s vs their fp32 torch model.
+
+Generation runs ``RuntimeModel.generate``: the fused Rust step (``qslm.runtime.engine``, one
+kernel call per token). The group "… torch modules" times the same packed model with the fused
+step switched off (``fused_step = False``: torch calling the kernels one product at a time), to
+show what the fusion buys.
 
 Ratios (``speedup`` = fp32 median / runtime median, ``rss_ratio`` = fp32 / packed) land in each
 benchmark's ``extra_info`` and in the summary table of ``benches/conftest.py``.
@@ -41,10 +47,14 @@ REPO = Path(__file__).resolve().parents[1]
 GEN_TOKENS = 16
 T_EVAL = 128
 PLAN_216M = QuantPlan({}, QuantSpec(4, group_size=64))
-PLAN_LM = QuantPlan({"emb": QuantSpec(1, True, group_size=64)},
-                    QuantSpec(4, False, group_size=64))
-PLAN_CLS = QuantPlan({}, QuantSpec(4, False, group_size=64))
+PLANS_DIR = Path(__file__).resolve().parent / "plans"
 RSS_TARGET = 6.0  # the issue: RSS of the loaded packed model ≤ 1/6 of the fp32 one
+GEN_TARGET = 4.0  # the issue: 216M-shape generation ≥ 4× the fp32 torch recurrent form
+
+
+def searched_plan(name: str) -> QuantPlan:
+    """The plan the tiered search chose for a bundled model (edge-npu, default floors)."""
+    return QuantPlan.load(PLANS_DIR / f"{name}.edge-npu.plan.json")
 
 
 def _timed(benchmark, fn):
@@ -85,18 +95,27 @@ def m216(tmp_path_factory):
     return fp32, path, load_runtime(path)
 
 
-@pytest.mark.parametrize("role", ["baseline", "qslm"])
+def _generation(benchmark, record, fp32, rt, prompt, group, role, target=None):
+    if role == "baseline":
+        fn = lambda: _fp32_generate(fp32, prompt, GEN_TOKENS)  # noqa: E731
+    else:
+        rt.fused_step = role == "qslm"
+        fn = lambda: rt.generate(prompt, GEN_TOKENS)  # noqa: E731
+    try:
+        assert len(_timed(benchmark, fn)) == GEN_TOKENS
+    finally:
+        rt.fused_step = True
+    _per_s(benchmark, "tokens_per_s", len(prompt) + GEN_TOKENS - 1)  # steps run
+    if role == "torch-modules":  # the same packed model, unfused: its own row, same baseline
+        role = "qslm:torch modules"
+    record(benchmark, group, role, target)
+
+
+@pytest.mark.parametrize("role", ["baseline", "qslm", "torch-modules"])
 def test_216m_generation(benchmark, record, m216, role):
     fp32, _, rt = m216
     benchmark.group = "216M-shape generation, batch 1: fp32 torch vs packed w4g64"
-    prompt = [0]
-    if role == "baseline":
-        res = _timed(benchmark, lambda: _fp32_generate(fp32, prompt, GEN_TOKENS))
-    else:
-        res = _timed(benchmark, lambda: rt.generate(prompt, GEN_TOKENS))
-    assert len(res) == GEN_TOKENS
-    _per_s(benchmark, "tokens_per_s", GEN_TOKENS)  # GEN_TOKENS steps: prompt + 15 fed back
-    record(benchmark, benchmark.group, role)
+    _generation(benchmark, record, fp32, rt, [0], benchmark.group, role, GEN_TARGET)
 
 
 _RSS_SCRIPT = r"""
@@ -180,37 +199,34 @@ LMS = [n for n in bundled_names() if "sst2" not in n]
 CLASSIFIERS = [n for n in bundled_names() if "sst2" in n]
 
 
+def _bundled(name, tmp_path_factory):
+    fp32 = load(name).eval()
+    path = export_packed(fp32, searched_plan(name),
+                         tmp_path_factory.mktemp("bundled") / "model.qslm.safetensors")
+    return name, fp32, load_runtime(path)
+
+
 @pytest.fixture(scope="module", params=LMS)
 def bundled_lm(request, tmp_path_factory):
-    fp32 = load(request.param).eval()
-    path = export_packed(fp32, PLAN_LM, tmp_path_factory.mktemp("lm") / "model.qslm.safetensors")
-    return request.param, fp32, load_runtime(path)
+    return _bundled(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=CLASSIFIERS)
 def bundled_classifier(request, tmp_path_factory):
-    fp32 = load(request.param).eval()
-    path = export_packed(fp32, PLAN_CLS,
-                         tmp_path_factory.mktemp("cls") / "model.qslm.safetensors")
-    return request.param, fp32, load_runtime(path)
+    return _bundled(request.param, tmp_path_factory)
 
 
-@pytest.mark.parametrize("role", ["baseline", "qslm"])
+@pytest.mark.parametrize("role", ["baseline", "qslm", "torch-modules"])
 def test_bundled_generation(benchmark, record, bundled_lm, role):
     name, fp32, rt = bundled_lm
-    benchmark.group = f"{name} generation, batch 1: fp32 vs packed"
-    prompt = [0, 510, 262]
-    fn = ((lambda: _fp32_generate(fp32, prompt, GEN_TOKENS)) if role == "baseline"
-          else (lambda: rt.generate(prompt, GEN_TOKENS)))
-    assert len(_timed(benchmark, fn)) == GEN_TOKENS
-    _per_s(benchmark, "tokens_per_s", len(prompt) + GEN_TOKENS - 1)
-    record(benchmark, benchmark.group, role)
+    benchmark.group = f"{name} generation, batch 1: fp32 vs searched plan"
+    _generation(benchmark, record, fp32, rt, [0, 510, 262], benchmark.group, role)
 
 
 @pytest.mark.parametrize("role", ["baseline", "qslm"])
 def test_bundled_lm_evaluation(benchmark, record, bundled_lm, role):
     name, fp32, rt = bundled_lm
-    benchmark.group = f"{name} parallel evaluation 8 × {T_EVAL}: fp32 vs packed"
+    benchmark.group = f"{name} parallel evaluation 8 × {T_EVAL}: fp32 vs searched plan"
     idx = torch.randint(0, fp32.config.vocab_size, (8, T_EVAL),
                         generator=torch.Generator().manual_seed(0))
     m = fp32 if role == "baseline" else rt
@@ -227,7 +243,7 @@ def test_bundled_lm_evaluation(benchmark, record, bundled_lm, role):
 @pytest.mark.parametrize("role", ["baseline", "qslm"])
 def test_bundled_classification(benchmark, record, bundled_classifier, role):
     name, fp32, rt = bundled_classifier
-    benchmark.group = f"{name} classification, 32 sentences: fp32 vs packed"
+    benchmark.group = f"{name} classification, 32 sentences: fp32 vs searched plan"
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(5, 40, (32,), generator=g).tolist()  # SST-2 sentences: ~20 tokens
     examples = [(torch.randint(2, fp32.config.vocab_size, (n,), generator=g).tolist(), 0)

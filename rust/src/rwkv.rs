@@ -286,12 +286,21 @@ impl<'a> Engine<'a> {
     }
 
     /// One token: the next-token logits `[V]`; `state` moves on by one token.
+    ///
+    /// The whole step runs on a thread of the kernels' pool (one hand-over per token instead
+    /// of one per matrix product; the products' parallel loops then start from a pool thread).
     pub fn step(&self, token: usize, state: &mut State) -> Result<Vec<f32>> {
-        let (c, v) = (self.n_embd, self.vocab_size);
-        if token >= v {
+        if token >= self.vocab_size {
             return Err(KernelError::Parameter { name: "token", requirement: "< vocab_size", value: token as f64 });
         }
         self.check_state(state)?;
+        let mut out = None;
+        rayon::scope(|_| out = Some(self.step_in_pool(token, state)));
+        Ok(out.unwrap_or_default())
+    }
+
+    fn step_in_pool(&self, token: usize, state: &mut State) -> Vec<f32> {
+        let (c, v) = (self.n_embd, self.vocab_size);
         let mut e = vec![0.0f32; c];
         self.emb.row(token, &mut e);
         if self.binary_embedding {
@@ -315,9 +324,11 @@ impl<'a> Engine<'a> {
                     mixed[mi][j] = h[j] * mu[j] + hp[j] * (1.0 - mu[j]);
                 }
             }
-            let k = b.att_key.matvec(&mixed[0]);
-            let vv = b.att_value.matvec(&mixed[1]);
-            let r = b.att_receptance.matvec(&mixed[2]);
+            // The three products in one fork: the pool's threads share all their rows.
+            let ((k, vv), r) = rayon::join(
+                || rayon::join(|| b.att_key.matvec(&mixed[0]), || b.att_value.matvec(&mixed[1])),
+                || b.att_receptance.matvec(&mixed[2]),
+            );
             let (a, bb, p) = (&mut state.a[sl.clone()], &mut state.b[sl.clone()], &mut state.p[sl.clone()]);
             let mut ry = vec![0.0f32; c];
             for j in 0..c {
@@ -345,12 +356,11 @@ impl<'a> Engine<'a> {
                     mixed[mi][j] = g[j] * mu[j] + gp[j] * (1.0 - mu[j]);
                 }
             }
-            let mut kappa = b.ffn_key.matvec(&mixed[0]);
+            let (mut kappa, rr) = rayon::join(|| b.ffn_key.matvec(&mixed[0]), || b.ffn_receptance.matvec(&mixed[1]));
             for t in kappa.iter_mut() {
                 let r = t.max(0.0);
                 *t = r * r;
             }
-            let rr = b.ffn_receptance.matvec(&mixed[1]);
             let vv = b.ffn_value.matvec(&kappa);
             let f: Vec<f32> = rr.iter().zip(&vv).map(|(&r, &v)| sigmoid(r) * v).collect();
             state.spike_counts[2 * l + 1] += self.lif_into(&f, scale, &mut state.v2[sl.clone()], &mut x);
@@ -365,7 +375,7 @@ impl<'a> Engine<'a> {
         state.steps += 1;
         let logits = self.head.matvec(&h);
         debug_assert_eq!(logits.len(), v);
-        Ok(logits)
+        logits
     }
 }
 
