@@ -4,7 +4,9 @@
 //! Two schedules, chosen by the batch size M (both deterministic for any thread count):
 //! - matrix–vector (M < [`GEMM_MIN_M`]): each task owns a few weight rows; a row is decoded once
 //!   into a K-byte scratch and dotted with every activation row (16-lane float accumulators,
-//!   scaled per group, one horizontal sum per output).
+//!   scaled per group, one horizontal sum per output). At the AVX-512 level, the kernels of
+//!   `x86.rs` do the same work straight from the packed rows for every width where the group
+//!   size and K are multiples of their chunk (`gemv_avx512`; 3/5/6/7 bits also need VBMI).
 //! - matrix–matrix: weight rows are dequantized a block at a time into a small f32 panel that fits
 //!   in cache, and `matrixmultiply::sgemm` multiplies the activations by it.
 
@@ -63,34 +65,95 @@ fn group_sums(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
 
 fn gemv(x: &[f32], m: usize, w: &QWeights) -> Vec<f32> {
     let xsum = if w.signed() { Vec::new() } else { group_sums(x, m, w) };
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() == crate::simd::Isa::Avx512 {
+        if let Some(y) = gemv_avx512(x, m, w, &xsum) {
+            return y;
+        }
+    }
+    gemv_portable(x, m, w, &xsum)
+}
+
+/// The AVX-512 matrix–vector kernels, where one applies to `w` (the caller checked that the
+/// AVX-512 level is in use); `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn gemv_avx512(x: &[f32], m: usize, w: &QWeights, xsum: &[f32]) -> Option<Vec<f32>> {
+    use crate::x86;
+    let odd_lanes = x86::odd_gemv_lanes(w);
+    if !(x86::gemv1_applies(w) || x86::lut_gemv_applies(w) || x86::gemv8_applies(w) || odd_lanes != 0) {
+        return None;
+    }
     // Output transposed ([N, M]) so that each task writes one contiguous chunk.
     let mut out_t = vec![0.0f32; w.n * m];
     let rpt = gemv_rows_per_task(w.n, w.k, m);
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::isa() == crate::simd::Isa::Avx512 {
-        use crate::x86;
-        if x86::lut_gemv_applies(w) {
-            let xp = x86::planar(x, m, w.k, w.bits);
-            out_t.par_chunks_mut(rpt * m).enumerate().for_each(|(task, chunk)| {
-                // SAFETY: AVX-512 F/BW/VL present (isa() checked); shapes validated by QWeights.
-                unsafe { x86::gemv_lut_rows(w, &xp, m, task * rpt, chunk) }
-            });
-            return transpose(&out_t, w.n, m);
-        }
-        if x86::gemv8_applies(w) {
-            out_t.par_chunks_mut(rpt * m).enumerate().for_each(|(task, chunk)| {
-                // SAFETY: as above.
-                unsafe { x86::gemv8_rows(w, x, m, &xsum, task * rpt, chunk) }
-            });
-            return transpose(&out_t, w.n, m);
-        }
+    if x86::gemv1_table_applies(w) && w.n >= x86::TBLOCK {
+        // Blocks of TBLOCK rows (tasks start on block boundaries, so which rows run in the
+        // table kernel depends on N alone); the last N % TBLOCK rows take the masked kernel.
+        // SAFETY: AVX-512 F/BW/VL present (isa() checked by the caller); K % 64 == 0.
+        let tables = unsafe { x86::act_tables(x, m, w.k) };
+        let tables = tables.as_slice();
+        let xa = x86::AlignedX::copy(x);
+        let xa = xa.as_slice();
+        let rpt = rpt.next_multiple_of(x86::TBLOCK);
+        out_t.par_chunks_mut(rpt * m).enumerate().for_each(|(task, chunk)| {
+            let n0 = task * rpt;
+            let full = chunk.len() / m / x86::TBLOCK * x86::TBLOCK;
+            let (blocks, rest) = chunk.split_at_mut(full * m);
+            // SAFETY: AVX-512 F/BW/VL present (isa() checked by the caller);
+            // gemv1_table_applies (hence gemv1_applies) checked; shapes validated by QWeights and
+            // lowbit_matmul; `blocks` holds whole blocks.
+            unsafe {
+                x86::gemv1_table_rows(w, tables, m, xsum, n0, blocks);
+                x86::gemv1_rows(w, xa, m, xsum, n0 + full, rest);
+            }
+        });
+        return Some(transpose(&out_t, w.n, m));
     }
+    let tasks = out_t.par_chunks_mut(rpt * m).enumerate();
+    if x86::gemv1_applies(w) {
+        let xa = x86::AlignedX::copy(x);
+        let x = xa.as_slice();
+        tasks.for_each(|(task, chunk)| {
+            // SAFETY: AVX-512 F/BW/VL present (isa() checked by the caller); gemv1_applies
+            // checked; shapes validated by QWeights and lowbit_matmul.
+            unsafe { x86::gemv1_rows(w, x, m, xsum, task * rpt, chunk) }
+        });
+    } else if x86::lut_gemv_applies(w) {
+        let xp = x86::planar(x, m, w.k, (8 / w.bits) as usize);
+        let xp = xp.as_slice();
+        tasks.for_each(|(task, chunk)| {
+            // SAFETY: as above, lut_gemv_applies checked.
+            unsafe { x86::gemv_lut_rows(w, xp, m, task * rpt, chunk) }
+        });
+    } else if x86::gemv8_applies(w) {
+        tasks.for_each(|(task, chunk)| {
+            // SAFETY: as above, gemv8_applies checked.
+            unsafe { x86::gemv8_rows(w, x, m, xsum, task * rpt, chunk) }
+        });
+    } else {
+        let c = odd_lanes;
+        let xp = if c == 4 { x86::planar(x, m, w.k, 4) } else { x86::AlignedX::copy(x) };
+        let xp = xp.as_slice();
+        tasks.for_each(|(task, chunk)| {
+            // SAFETY: as above, and odd_gemv_lanes(w) != 0 implies VBMI is present; xp is
+            // [m, K] in the order the kernel expects for c.
+            unsafe { x86::gemv_odd_rows(w, xp, m, c, task * rpt, chunk) }
+        });
+    }
+    Some(transpose(&out_t, w.n, m))
+}
+
+/// The portable matrix–vector schedule (any ISA, any shape): rows decoded into a scratch, then
+/// dotted with every activation row.
+fn gemv_portable(x: &[f32], m: usize, w: &QWeights, xsum: &[f32]) -> Vec<f32> {
+    let mut out_t = vec![0.0f32; w.n * m];
+    let rpt = gemv_rows_per_task(w.n, w.k, m);
     out_t
         .par_chunks_mut(rpt * m)
         .enumerate()
         .for_each_init(
             || vec![0i8; w.k],
-            |scratch, (task, chunk)| gemv_rows(w, x, m, &xsum, task * rpt, chunk, scratch),
+            |scratch, (task, chunk)| gemv_rows(w, x, m, xsum, task * rpt, chunk, scratch),
         );
     transpose(&out_t, w.n, m)
 }
@@ -266,34 +329,176 @@ mod tests {
         *seed >> 33
     }
 
+    /// Zero points of a test case (asymmetric cases only).
+    #[derive(Clone, Copy)]
+    enum Zeros {
+        /// Random integers in the code range.
+        Int,
+        /// Random multiples of 1/4 in the code range (not exact codes).
+        Frac,
+        /// 0.5 everywhere (the sign binarization export for 1-bit codes).
+        Half,
+    }
+
+    /// A random test case: codes, packed weights, scales, zero points, activations.
+    struct Case {
+        m: usize,
+        n: usize,
+        k: usize,
+        bits: u32,
+        gs: usize,
+        asym: bool,
+        codes: Vec<u8>,
+        packed: Vec<u8>,
+        scales: Vec<f32>,
+        zeros: Vec<f32>,
+        x: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(m: usize, n: usize, k: usize, bits: u32, gs: usize, asym: bool, zmode: Zeros) -> Self {
+            let mut seed = (m * 31 + n * 7 + k * 3 + bits as usize + gs) as u64;
+            let (lo, hi) = code_range(bits, !asym);
+            let codes: Vec<u8> = (0..n * k)
+                .map(|_| (lo + (lcg(&mut seed) as i64 % (hi - lo + 1))) as i8 as u8)
+                .collect();
+            let packed = pack_bits(&codes, n, k, bits as i64, !asym).unwrap();
+            let groups = k.div_ceil(gs);
+            let scales: Vec<f32> = (0..n * groups).map(|_| (lcg(&mut seed) % 1000) as f32 / 1e4 + 0.01).collect();
+            let zeros: Vec<f32> = (0..n * groups)
+                .map(|_| match zmode {
+                    Zeros::Int => (lcg(&mut seed) % (1 << bits)) as f32,
+                    Zeros::Frac => (lcg(&mut seed) % (4 << bits)) as f32 / 4.0,
+                    Zeros::Half => 0.5,
+                })
+                .collect();
+            let x: Vec<f32> = (0..m * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+            Self { m, n, k, bits, gs, asym, codes, packed, scales, zeros, x }
+        }
+
+        fn weights(&self) -> QWeights<'_> {
+            let (n, k, groups) = (self.n, self.k, self.k.div_ceil(self.gs));
+            let zp = if self.asym { Some((self.zeros.as_slice(), (n, groups))) } else { None };
+            let packed_shape = (n, row_bytes(k, self.bits));
+            QWeights::new(&self.packed, packed_shape, &self.scales, (n, groups), zp, k, self.bits as i64, self.gs as i64)
+                .unwrap()
+        }
+
+        /// Float64 value of output (mi, ni) and its error scale `Σ |x·w|`.
+        fn want(&self, mi: usize, ni: usize) -> (f64, f64) {
+            let (k, groups) = (self.k, self.k.div_ceil(self.gs));
+            let (mut want, mut mag) = (0.0f64, 0.0f64);
+            for kk in 0..k {
+                let g = kk / self.gs;
+                let code = self.codes[ni * k + kk];
+                let c = if self.asym { code as f64 - self.zeros[ni * groups + g] as f64 } else { code as i8 as f64 };
+                let wv = self.scales[ni * groups + g] as f64 * c;
+                want += self.x[mi * k + kk] as f64 * wv;
+                mag += (self.x[mi * k + kk] as f64 * wv).abs();
+            }
+            (want, mag)
+        }
+
+        /// `y` ([m, n]) agrees with the float64 evaluation within `1e-5 · Σ |x·w|`.
+        fn assert_close(&self, y: &[f32], what: &str) {
+            for mi in 0..self.m {
+                for ni in 0..self.n {
+                    let (want, mag) = self.want(mi, ni);
+                    let got = y[mi * self.n + ni] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag + 1e-6,
+                        "{what}: m{} n{} k{} bits{} g{} asym{}: out ({mi}, {ni}) {got} vs {want}",
+                        self.m, self.n, self.k, self.bits, self.gs, self.asym
+                    );
+                }
+            }
+        }
+    }
+
     /// Random codes/scales/x; compare both schedules with a float64 evaluation.
     fn check(m: usize, n: usize, k: usize, bits: u32, gs: usize, asym: bool) {
-        let mut seed = (m * 31 + n * 7 + k * 3 + bits as usize + gs) as u64;
-        let (lo, hi) = code_range(bits, !asym);
-        let codes: Vec<u8> = (0..n * k)
-            .map(|_| (lo + (lcg(&mut seed) as i64 % (hi - lo + 1))) as i8 as u8)
-            .collect();
-        let packed = pack_bits(&codes, n, k, bits as i64, !asym).unwrap();
-        let groups = k.div_ceil(gs);
-        let scales: Vec<f32> = (0..n * groups).map(|_| (lcg(&mut seed) % 1000) as f32 / 1e4 + 0.01).collect();
-        let zeros: Vec<f32> = (0..n * groups).map(|_| (lcg(&mut seed) % (1 << bits)) as f32).collect();
-        let x: Vec<f32> = (0..m * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
-        let zp = if asym { Some((zeros.as_slice(), (n, groups))) } else { None };
-        let w = QWeights::new(&packed, (n, row_bytes(k, bits)), &scales, (n, groups), zp, k, bits as i64, gs as i64)
-            .unwrap();
-        let y = lowbit_matmul(&x, m, &w).unwrap();
-        for mi in 0..m {
-            for ni in 0..n {
-                let (mut want, mut mag) = (0.0f64, 0.0f64);
-                for kk in 0..k {
-                    let g = kk / gs;
-                    let c = if asym { codes[ni * k + kk] as f64 - zeros[ni * groups + g] as f64 } else { codes[ni * k + kk] as i8 as f64 };
-                    let wv = scales[ni * groups + g] as f64 * c;
-                    want += x[mi * k + kk] as f64 * wv;
-                    mag += (x[mi * k + kk] as f64 * wv).abs();
+        let c = Case::new(m, n, k, bits, gs, asym, Zeros::Int);
+        let y = lowbit_matmul(&c.x, m, &c.weights()).unwrap();
+        c.assert_close(&y, "lowbit_matmul");
+    }
+
+    /// The shapes of the matrix–vector fast paths (and their fallbacks): K = 768 and 3072, a K
+    /// that is a multiple of 16 but not of 64 (784), one that is neither (100); group sizes
+    /// 16/64/128/K; every width; M = 1, 2, 7; 37 rows: two blocks of the 1-bit table kernel and
+    /// 5 rows for its remainder kernel, and the chunks at the end of the buffer take the masked
+    /// loads.
+    fn fast_path_cases(mut f: impl FnMut(&Case)) {
+        for &k in &[768usize, 3072, 784, 100] {
+            for &gs in &[16usize, 64, 128, k] {
+                for bits in 1..=8u32 {
+                    for &m in &[1usize, 2, 7] {
+                        for (asym, z) in [(false, Zeros::Int), (true, Zeros::Int), (true, Zeros::Frac)] {
+                            f(&Case::new(m, 37, k, bits, gs, asym, z));
+                        }
+                    }
                 }
-                let got = y[mi * n + ni] as f64;
-                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "m{mi} n{ni}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_paths_match_float64() {
+        fast_path_cases(|c| {
+            let y = lowbit_matmul(&c.x, c.m, &c.weights()).unwrap();
+            c.assert_close(&y, "lowbit_matmul");
+        });
+    }
+
+    #[test]
+    fn fast_paths_match_portable() {
+        // Whichever path `gemv` takes (AVX-512 kernels where the CPU has them) against the
+        // portable loops, within the float64 tolerance of both.
+        fast_path_cases(|c| {
+            let w = c.weights();
+            let xsum = if w.signed() { Vec::new() } else { group_sums(&c.x, c.m, &w) };
+            let fast = gemv(&c.x, c.m, &w);
+            let portable = gemv_portable(&c.x, c.m, &w, &xsum);
+            c.assert_close(&portable, "portable");
+            for (i, (&a, &b)) in fast.iter().zip(&portable).enumerate() {
+                let (_, mag) = c.want(i / c.n, i % c.n);
+                assert!(
+                    ((a - b) as f64).abs() <= 1e-5 * mag + 1e-6,
+                    "k{} bits{} g{} m{} asym{}: out {i}: fast {a} vs portable {b}",
+                    c.k, c.bits, c.gs, c.m, c.asym
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn one_bit_sign_binarization() {
+        // Unsigned 1-bit codes with z = 0.5 (weights ±s/2) and signed ones ({0, −1}).
+        for &(m, k, gs) in &[(1, 768, 64), (3, 768, 16), (2, 3072, 3072), (1, 784, 112)] {
+            let c = Case::new(m, 21, k, 1, gs, true, Zeros::Half);
+            c.assert_close(&lowbit_matmul(&c.x, m, &c.weights()).unwrap(), "z = 0.5");
+            let c = Case::new(m, 21, k, 1, gs, false, Zeros::Int);
+            c.assert_close(&lowbit_matmul(&c.x, m, &c.weights()).unwrap(), "signed");
+        }
+    }
+
+    #[test]
+    fn independent_of_thread_count() {
+        for bits in 1..=8u32 {
+            for &(m, k, gs) in &[(1, 768, 64), (3, 784, 16), (8, 256, 64)] {
+                let c = Case::new(m, 200, k, bits, gs, bits % 2 == 1, Zeros::Frac);
+                let w = c.weights();
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| lowbit_matmul(&c.x, m, &w).unwrap())
+                };
+                let one = run(1);
+                for t in [2, 3, 5] {
+                    let y = run(t);
+                    assert!(
+                        one.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "bits {bits}, m {m}, k {k}: {t} threads differ from 1"
+                    );
+                }
             }
         }
     }

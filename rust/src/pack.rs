@@ -156,22 +156,93 @@ pub fn unpack_row(src: &[u8], bits: u32, signed: bool, dst: &mut [u8]) {
         4 => unpack_row_pow2::<4>(src, signed, dst),
         2 => unpack_row_pow2::<2>(src, signed, dst),
         1 => unpack_row_pow2::<1>(src, signed, dst),
-        _ => {
-            let mask = ((1u32 << bits) - 1) as u8;
-            let mut acc: u32 = 0;
-            let mut nbits: u32 = 0;
-            let mut bytes = src.iter();
-            for d in dst.iter_mut() {
-                if nbits < bits {
-                    // A row holds enough bytes for every element it declares.
-                    acc |= (*bytes.next().unwrap_or(&0) as u32) << nbits;
-                    nbits += 8;
-                }
-                *d = extend(acc as u8 & mask, bits, signed);
-                acc >>= bits;
-                nbits -= bits;
-            }
+        _ => unpack_row_odd(src, bits, signed, dst),
+    }
+}
+
+/// Odd widths (3, 5, 6, 7): the widest method the instruction set allows (`simd::isa()`):
+/// AVX-512 with VBMI, 64 codes at a time; BMI2 `pdep` (AVX2 and AVX-512 levels, where `pdep`
+/// is fast), 8 at a time; else the portable word-at-a-time loop. All give the same bytes.
+#[inline]
+fn unpack_row_odd(src: &[u8], bits: u32, signed: bool, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::simd::{isa, Isa};
+        let level = isa();
+        if level == Isa::Avx512 && crate::x86::has_vbmi() {
+            // SAFETY: AVX-512 F/BW/VL present (isa()) and VBMI detected; loads and stores are
+            // masked to `src` and `dst`.
+            unsafe { crate::x86::unpack_odd_vbmi(src, bits, signed, dst) };
+            return;
         }
+        if level >= Isa::Avx2 && crate::x86::fast_pdep() {
+            // SAFETY: the AVX2 and AVX-512 levels of isa() include BMI2.
+            unsafe { crate::x86::unpack_odd_bmi2(src, bits, signed, dst) };
+            return;
+        }
+    }
+    unpack_row_odd_portable(src, bits, signed, dst);
+}
+
+/// Portable odd-width unpacking (also the reference for the x86 versions in the tests).
+fn unpack_row_odd_portable(src: &[u8], bits: u32, signed: bool, dst: &mut [u8]) {
+    match bits {
+        3 => unpack_odd_with::<3>(src, signed, dst, spread8::<3>),
+        5 => unpack_odd_with::<5>(src, signed, dst, spread8::<5>),
+        6 => unpack_odd_with::<6>(src, signed, dst, spread8::<6>),
+        _ => unpack_odd_with::<7>(src, signed, dst, spread8::<7>),
+    }
+}
+
+/// The 8 codes of `B` bits in the low `8·B` bits of `word` spread into the 8 bytes of the
+/// result, code `j` in byte `j` (what BMI2 `pdep` does in one instruction).
+#[inline(always)]
+fn spread8<const B: u32>(word: u64) -> u64 {
+    let mask = (1u64 << B) - 1;
+    let mut out = 0u64;
+    for j in 0..8 {
+        out |= ((word >> (j * B)) & mask) << (8 * j);
+    }
+    out
+}
+
+/// Sign-extend 8 `B`-bit codes held in the low bits of the bytes of `v` (B < 8): the sign bit
+/// `s = 2^(B−1)` of each byte times `2^(9−B) − 1` is `2^8 − 2^(B−1)`, the bits `B−1..8` of that
+/// byte (no carry into the next byte).
+#[inline(always)]
+fn sign_extend8<const B: u32>(v: u64) -> u64 {
+    let sign = 0x0101_0101_0101_0101u64 << (B - 1);
+    v | ((v & sign) * ((1u64 << (9 - B)) - 1))
+}
+
+/// Unpack `dst.len()` codes of `B` bits (3/5/6/7) from `src`. Eight codes fill exactly `B`
+/// bytes, so code group `i` is the low `8·B` bits of the little-endian word read at byte `i·B`;
+/// `spread` turns it into 8 bytes. Words are read whole while 8 bytes remain in `src`; the last
+/// groups go through a zero-padded copy of what is left, and only `dst.len()` codes are written.
+#[inline(always)]
+pub(crate) fn unpack_odd_with<const B: u32>(src: &[u8], signed: bool, dst: &mut [u8], spread: impl Fn(u64) -> u64) {
+    let b = B as usize;
+    let n = dst.len();
+    let decode = |word: u64| {
+        let v = spread(word);
+        if signed {
+            sign_extend8::<B>(v)
+        } else {
+            v
+        }
+    };
+    let fast = if src.len() >= 8 { ((src.len() - 8) / b + 1).min(n / 8) } else { 0 };
+    for (i, d) in dst[..8 * fast].chunks_exact_mut(8).enumerate() {
+        let word: [u8; 8] = src[i * b..i * b + 8].try_into().unwrap_or([0; 8]);
+        d.copy_from_slice(&decode(u64::from_le_bytes(word)).to_le_bytes());
+    }
+    for (i, d) in dst[8 * fast..].chunks_mut(8).enumerate() {
+        let start = (fast + i) * b;
+        let mut word = [0u8; 8];
+        let avail = src.len().saturating_sub(start).min(8);
+        word[..avail].copy_from_slice(&src[start..start + avail]);
+        let v = decode(u64::from_le_bytes(word)).to_le_bytes();
+        d.copy_from_slice(&v[..d.len()]);
     }
 }
 
@@ -235,6 +306,72 @@ mod tests {
                     vals.iter().map(|&v| v & ((1u16 << bits) - 1) as u8).collect()
                 };
                 assert_eq!(u, want, "bits {bits} signed {signed}");
+            }
+        }
+    }
+
+    /// The bit-accumulator unpacking (the original generic loop): the reference for the fast ones.
+    fn unpack_row_scalar(src: &[u8], bits: u32, signed: bool, dst: &mut [u8]) {
+        let mask = ((1u32 << bits) - 1) as u8;
+        let (mut acc, mut nbits) = (0u32, 0u32);
+        let mut bytes = src.iter();
+        for d in dst.iter_mut() {
+            if nbits < bits {
+                acc |= (*bytes.next().unwrap() as u32) << nbits;
+                nbits += 8;
+            }
+            *d = extend(acc as u8 & mask, bits, signed);
+            acc >>= bits;
+            nbits -= bits;
+        }
+    }
+
+    #[test]
+    fn fast_unpack_matches_scalar() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        };
+        let lengths: Vec<usize> = (0..=200).chain([255, 256, 257, 511, 768, 1000, 3072, 4099]).collect();
+        for bits in [3u32, 5, 6, 7] {
+            for signed in [false, true] {
+                for &n in &lengths {
+                    let (lo, hi) = code_range(bits, signed);
+                    let vals: Vec<u8> = (0..n).map(|_| (lo + next() as i64 % (hi - lo + 1)) as i8 as u8).collect();
+                    // Exactly row_bytes: any read past the row would be past the slice.
+                    let packed = pack_bits(&vals, 1, n, bits as i64, signed).unwrap();
+                    let mut want = vec![0u8; n];
+                    unpack_row_scalar(&packed, bits, signed, &mut want);
+                    assert_eq!(&want, &vals, "reference, bits {bits} signed {signed} n {n}");
+                    let mut got = vec![0xAAu8; n];
+                    unpack_row(&packed, bits, signed, &mut got);
+                    assert_eq!(got, want, "unpack_row, bits {bits} signed {signed} n {n}");
+                    let mut got = vec![0xAAu8; n];
+                    unpack_row_odd_portable(&packed, bits, signed, &mut got);
+                    assert_eq!(got, want, "portable, bits {bits} signed {signed} n {n}");
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        if std::arch::is_x86_feature_detected!("bmi2") {
+                            let mut got = vec![0xAAu8; n];
+                            // SAFETY: BMI2 detected.
+                            unsafe { crate::x86::unpack_odd_bmi2(&packed, bits, signed, &mut got) };
+                            assert_eq!(got, want, "bmi2, bits {bits} signed {signed} n {n}");
+                        }
+                        if crate::simd::detected_isa() == crate::simd::Isa::Avx512 && crate::x86::has_vbmi() {
+                            let mut got = vec![0xAAu8; n];
+                            // SAFETY: AVX-512 F/BW/VL and VBMI detected.
+                            unsafe { crate::x86::unpack_odd_vbmi(&packed, bits, signed, &mut got) };
+                            assert_eq!(got, want, "vbmi, bits {bits} signed {signed} n {n}");
+                        }
+                    }
+                    // A row inside a longer buffer (the next row's bytes follow).
+                    let mut buf = packed.clone();
+                    buf.extend((0..16).map(|_| next()));
+                    let mut got = vec![0xAAu8; n];
+                    unpack_row(&buf[..packed.len()], bits, signed, &mut got);
+                    assert_eq!(got, want, "row in buffer, bits {bits} signed {signed} n {n}");
+                }
             }
         }
     }
