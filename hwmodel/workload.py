@@ -446,3 +446,122 @@ def as_workload(model: Workload | WorkloadSource | str, **kwargs: Any) -> Worklo
         return w
     raise WorkloadError(f"cannot derive a workload from {type(model).__name__}: pass a Workload, "
                         "a model string, or an object with a workload() method")
+
+
+# --------------------------------------------------------------------------------------------
+# Spike-driven encoder (spec spike-driven-encoder.md; the model is qslm.models.sdt)
+# --------------------------------------------------------------------------------------------
+
+__all__ += ["spike_driven_workload"]
+
+# Linear layers of one encoder block, in state_dict order: (suffix, out, in) with "C" the width
+# and "H" the MLP hidden width. Every one takes binary spikes (spec: a LIF, or the AND of two
+# spike tensors, sits in front of each), so every one is accumulate-only.
+_SDT_BLOCK_LINEARS = (
+    ("attn.q", "C", "C"), ("attn.k", "C", "C"), ("attn.v", "C", "C"), ("attn.o", "C", "C"),
+    ("mlp.fc1", "H", "C"), ("mlp.fc2", "C", "H"),
+)
+# Element-wise work per block, per token and simulation step, in units of C: q⊙k (an AND), its
+# masked column sum (an add), gate⊙v (an AND), and the two membrane-shortcut adds.
+SDT_ELEMENTWISE_PER_TOKEN = 5
+# ... and per sequence and simulation step, in units of C: the column sum's 1/n scale and the
+# per-channel affine (2 ops) of the attention-map current.
+SDT_ELEMENTWISE_PER_STEP = 3
+# LIF layers per block and token, in units of C (attn.lif_in, lif_q, lif_k, lif_v, mlp.lif_in);
+# plus mlp.lif_hidden (H per token) and attn.lif_map (C per sequence).
+SDT_TOKEN_LIFS_C = 5
+
+
+def spike_driven_workload(
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    num_classes: int,
+    *,
+    seq_len: int,
+    t_sim: int = 4,
+    mlp_hidden: int | None = None,
+    pos_rows: int = 0,
+    head_norm: bool = True,
+    firing_rates: float | Mapping[str, float] | None = None,
+    weight_reads: float | None = None,
+) -> Workload:
+    """The workload of one classified sequence of a spike-driven encoder (``qslm.models.sdt``).
+
+    Execution model: step-major, as a spike-driven device runs it — each of the ``t_sim``
+    simulation steps takes all ``seq_len`` tokens through every block, so every block Linear
+    runs ``seq_len·t_sim`` times per sequence on binary inputs (accumulates at the firing rate),
+    its weights are read once per step (``weight_reads`` = ``t_sim`` by default: the weights of
+    a step serve all tokens), and the LIF membranes of every layer persist from step to step
+    (the state: fp32, updated once per step). Norms are folded into the Linears (the deployed
+    form, "spikes × weights + bias"); the attention-map affine stays element-wise work.
+
+    Parameters
+    ----------
+    n_layer, n_embd, vocab_size, num_classes:
+        L, C, V and the classes K of the head (``head``: K × C, real input, once per sequence).
+    seq_len, t_sim:
+        N tokens per sequence (valid tokens: pads are not computed on a device) and S
+        simulation steps.
+    mlp_hidden:
+        H, the MLP hidden width (default 4C).
+    pos_rows:
+        Rows of the learned position table ``pos`` (the model's ctx_len); 0: no position table.
+    head_norm:
+        Whether a LayerNorm (2C parameters) precedes the head.
+    firing_rates:
+        Rate of the spike inputs: one number, or a mapping module-or-block name → rate (e.g.
+        the model recorder's ``input_rates()`` or ``block_rates()``); None:
+        :data:`DEFAULT_FIRING_RATE` (a placeholder).
+    weight_reads:
+        Full weight reads of each block Linear per sequence (default ``t_sim``).
+    """
+    for v, what in ((n_layer, "n_layer"), (n_embd, "n_embd"), (vocab_size, "vocab_size"),
+                    (num_classes, "num_classes"), (seq_len, "seq_len"), (t_sim, "t_sim")):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise WorkloadError(f"{what} must be a positive integer, got {v!r}")
+    H = 4 * n_embd if mlp_hidden is None else mlp_hidden
+    if isinstance(H, bool) or not isinstance(H, int) or H < 1:
+        raise WorkloadError(f"mlp_hidden must be a positive integer, got {mlp_hidden!r}")
+    if isinstance(pos_rows, bool) or not isinstance(pos_rows, int) or pos_rows < 0:
+        raise WorkloadError(f"pos_rows must be an integer >= 0, got {pos_rows!r}")
+    L, C, V, K, N, S = n_layer, n_embd, vocab_size, num_classes, seq_len, t_sim
+    reads = float(S) if weight_reads is None else _num(weight_reads, "weight_reads")
+    rate = DEFAULT_FIRING_RATE if firing_rates is None or isinstance(firing_rates, Mapping) \
+        else _num(firing_rates, "firing rate", high=1.0)
+    width = {"C": C, "H": H}
+
+    modules = [ModuleWork("emb", "emb", V, C, calls=float(N), weight_reads=0.0, op="embedding")]
+    if pos_rows:
+        modules.append(ModuleWork("pos", "pos", pos_rows, C, calls=float(N), weight_reads=0.0,
+                                  op="embedding"))
+    for layer in range(L):
+        block = f"blocks.{layer}"
+        for suffix, out, inp in _SDT_BLOCK_LINEARS:
+            modules.append(ModuleWork(f"{block}.{suffix}", block, width[out], width[inp],
+                                      input_kind="spikes", input_rate=rate,
+                                      calls=float(N * S), weight_reads=reads))
+    modules.append(ModuleWork("head", "head", K, C, calls=1.0, weight_reads=1.0))
+    mods = tuple(modules)
+    if isinstance(firing_rates, Mapping):
+        mods = _apply_rates(mods, firing_rates)
+
+    blocks = [f"blocks.{layer}" for layer in range(L)]
+    # Non-quantizable tensors of the deployed form, fp32: per block the folded biases (5C + H)
+    # and the attention-map affine (weight, bias, running mean and variance: 4C); the head's
+    # LayerNorm (2C) and bias (K).
+    other = L * (9 * C + H) + (2 * C if head_norm else 0) + K
+    lif_state = L * (N * (SDT_TOKEN_LIFS_C * C + H) + C)  # membranes that persist across steps
+    elementwise = {b: float((SDT_ELEMENTWISE_PER_TOKEN * N + SDT_ELEMENTWISE_PER_STEP) * C * S)
+                   for b in blocks}
+    elementwise["head"] = float(N * S * C + (5 * C if head_norm else 0))  # mean pool (+ LN)
+    return Workload(
+        name=f"spike-driven(L={L},C={C},H={H},V={V},S={S})/seq{N}/cls{K}", per="sequence",
+        modules=mods,
+        neuron_updates={b: float((SDT_TOKEN_LIFS_C * C + H) * N * S + C * S) for b in blocks},
+        elementwise_ops=elementwise,
+        other_param_bytes=4.0 * other, other_param_reads=float(S),
+        state_bytes=4.0 * lif_state, state_updates=float(S),
+        description=(f"spike-driven encoder L={L} C={C} H={H} V={V}, {S} simulation steps, "
+                     f"per sequence of {N} tokens, {K} classes; every block Linear takes spikes"),
+    )

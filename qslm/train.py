@@ -1,7 +1,8 @@
-"""`python -m qslm.train`: train the bundled SpikeGPT models, resumably, from a recipe.
+"""`python -m qslm.train`: train the bundled models, resumably, from a recipe.
 
     python -m qslm.train run spikegpt-mini-wt2      # LM on WikiText-2 train (resumes if stopped)
     python -m qslm.train run spikegpt-mini-sst2     # SST-2 classifier fine-tuned from the LM
+    python -m qslm.train run sdt-mini-sst2          # spike-driven encoder classifier on SST-2
     python -m qslm.train export spikegpt-mini-wt2   # evaluate, bundle into qslm/zoo, model card
 
 Recipes (every hyper-parameter and the seed) live in ``qslm/zoo/recipes.toml``. A run writes to
@@ -10,6 +11,17 @@ every ``ckpt_every`` steps, so a killed run resumes where it stopped and continu
 ``metrics.jsonl`` (one line per log/eval step), ``tokenizer.json`` and the token cache.
 AdamW (β = 0.9/0.99, weight decay on matrices only), linear warm-up then cosine decay, gradient
 clipping, a fixed seed for initialisation and batch sampling.
+
+Two model families (recipe key ``family``): ``spikegpt`` (the default) and ``sdt``, the
+spike-driven encoder classifier (``qslm.models.sdt``), trained from scratch on SST-2 with the
+tokenizer of an LM recipe (``init``) and, with ``emb_init = "pca"``, its embedding projected on
+its ``n_embd`` principal directions; ``zero_init_residual`` starts its residual branches at 0.
+The encoder is trained with its BatchNorms and bundled with them folded into its Linears
+(``qslm.zoo.export``). SST-2 recipes may also set ``label_smoothing``,
+``token_dropout`` (word dropout: each training token is removed with this probability) and
+``bucket_batches`` (batches of similar length, less padding); at their defaults the batches and
+the loss are those of the SpikeGPT recipes. Every batch is a pure function of (seed, step), so a
+resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ from qslm.errors import QslmError
 
 RECIPES_FILE = Path(__file__).resolve().parent / "zoo" / "recipes.toml"
 TASKS = ("lm", "sst2")
+FAMILIES = ("spikegpt", "sdt")
+EMB_INITS = ("", "pca")
 LOG_EVERY = 25
 
 
@@ -57,14 +71,29 @@ class Recipe:
     eval_every: int
     eval_tokens: int
     ckpt_every: int
-    vocab_size: int = 0  # lm: BPE vocabulary; sst2: taken from the initial LM
-    n_layer: int = 0  # lm only; sst2 takes the LM's shape
+    vocab_size: int = 0  # lm: BPE vocabulary; sst2: taken from the initial LM's tokenizer
+    n_layer: int = 0  # lm and sdt; a spikegpt sst2 recipe takes the LM's shape
     n_embd: int = 0
     init: str = ""  # sst2: the LM recipe (its run directory or bundled weights) to start from
+    #                 (sdt: its tokenizer, and its embedding with emb_init = "pca")
+    # Added with the sdt family; Recipe.to_dict() of a SpikeGPT recipe leaves them out while at
+    # their defaults, so the recipes (run checkpoints, model cards) of those models are unchanged.
+    family: str = "spikegpt"  # "spikegpt" or "sdt" (the spike-driven encoder classifier)
+    mlp_ratio: int = 0  # sdt: MLP hidden width / n_embd
+    t_sim: int = 0  # sdt: simulation steps each input is presented for
+    emb_init: str = ""  # sdt: "" random N(0, 1); "pca": the init LM's embedding, PCA to n_embd
+    zero_init_residual: bool = False  # sdt: residual branches start at 0 (γ of o_norm, fc2_norm)
+    label_smoothing: float = 0.0  # sst2: label smoothing of the cross-entropy
+    token_dropout: float = 0.0  # sst2: probability that a training token is removed
+    bucket_batches: int = 0  # sst2: sort each chunk of this many batches by length (0: off)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise QslmError(f"recipe {self.name}: task must be one of {TASKS}, got {self.task!r}")
+        if self.family not in FAMILIES:
+            raise QslmError(f"recipe {self.name}: family must be one of {FAMILIES}, got {self.family!r}")
+        if self.family == "sdt":
+            self._check_sdt()
         for f in ("ctx_len", "batch_size", "max_steps", "eval_every", "ckpt_every"):
             if getattr(self, f) < 1:
                 raise QslmError(f"recipe {self.name}: {f} must be >= 1, got {getattr(self, f)}")
@@ -74,22 +103,84 @@ class Recipe:
             raise QslmError(f"recipe {self.name}: an sst2 recipe needs init = <lm recipe>")
         if not 0 < self.min_lr <= self.lr:
             raise QslmError(f"recipe {self.name}: need 0 < min_lr <= lr")
+        for f in ("label_smoothing", "token_dropout"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise QslmError(f"recipe {self.name}: {f} must be in [0, 1), got {getattr(self, f)}")
+        if self.bucket_batches < 0:
+            raise QslmError(f"recipe {self.name}: bucket_batches must be >= 0, got {self.bucket_batches}")
+        if self.task == "lm" and (self.label_smoothing or self.token_dropout or self.bucket_batches):
+            raise QslmError(f"recipe {self.name}: label_smoothing, token_dropout and bucket_batches "
+                            "are for sst2 recipes")
+        if self.family != "sdt" and (self.mlp_ratio or self.t_sim or self.emb_init
+                                     or self.zero_init_residual):
+            raise QslmError(f"recipe {self.name}: mlp_ratio, t_sim, emb_init and zero_init_residual "
+                            "are for family = \"sdt\" recipes")
+
+    def _check_sdt(self) -> None:
+        where = f"recipe {self.name} (family sdt)"
+        if self.task != "sst2":
+            raise QslmError(f"{where}: the spike-driven encoder is a classifier: task must be "
+                            f"\"sst2\", got {self.task!r}")
+        for f in ("n_layer", "n_embd", "mlp_ratio", "t_sim"):
+            if getattr(self, f) < 1:
+                raise QslmError(f"{where}: needs {f} >= 1, got {getattr(self, f)}")
+        if self.vocab_size:
+            raise QslmError(f"{where}: vocab_size comes from the tokenizer of init; leave it out")
+        if self.dropout:
+            raise QslmError(f"{where}: the spike-driven encoder has no dropout layer: set dropout "
+                            "= 0 (regularize with token_dropout / label_smoothing)")
+        if self.emb_init not in EMB_INITS:
+            raise QslmError(f"{where}: emb_init must be one of {EMB_INITS}, got {self.emb_init!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; for a SpikeGPT recipe, the fields added with the sdt family only when
+        set (so the SpikeGPT recipes keep the dict of their checkpoints and model cards)."""
+        d = dataclasses.asdict(self)
+        if self.family == "spikegpt":
+            for f in _LATER_FIELDS:
+                if d[f.name] == f.default:
+                    del d[f.name]
+        return d
+
+
+# Recipe fields added after the SpikeGPT models were bundled (left out of to_dict at default).
+_LATER_FIELDS = tuple(f for f in dataclasses.fields(Recipe) if f.name in (
+    "family", "mlp_ratio", "t_sim", "emb_init", "zero_init_residual", "label_smoothing",
+    "token_dropout", "bucket_batches"))
 
 
 def load_recipes(path: Path = RECIPES_FILE) -> dict[str, Recipe]:
     with open(path, "rb") as f:
         raw = tomllib.load(f)
-    known = {f.name for f in dataclasses.fields(Recipe)}
+    known = {f.name for f in dataclasses.fields(Recipe)} - {"name"}
+    required = {f.name for f in dataclasses.fields(Recipe)
+                if f.default is dataclasses.MISSING} - {"name"}
     out = {}
     for name, fields in raw.items():
+        if not isinstance(fields, dict):
+            raise QslmError(f"recipe {name} in {path}: expected a [{name}] table, got a value")
         unknown = sorted(set(fields) - known)
         if unknown:
             raise QslmError(f"recipe {name} in {path}: unknown key(s) {', '.join(unknown)}")
+        missing = sorted(required - set(fields))
+        if missing:
+            raise QslmError(f"recipe {name} in {path}: missing key(s) {', '.join(missing)}")
+        for f in dataclasses.fields(Recipe):
+            if f.name in fields and not _type_ok(fields[f.name], f.type):
+                raise QslmError(f"recipe {name} in {path}: {f.name} must be of type {f.type}, "
+                                f"got {fields[f.name]!r}")
         out[name] = Recipe(name=name, **fields)
     return out
+
+
+def _type_ok(value: Any, type_name: str) -> bool:
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 def get_recipe(name: str) -> Recipe:
@@ -239,20 +330,48 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng((seed, epoch)).permutation(n)
 
 
+def _stream(first: int, count: int, n: int, seed: int) -> list[int]:
+    """Example indices at positions first … first+count−1 of the stream of shuffled epochs."""
+    idx = []
+    for pos in range(first, first + count):
+        epoch, i = divmod(pos, n)
+        idx.append(int(_epoch_order(seed, epoch, n)[i]))
+    return idx
+
+
 def sst2_batch(step: int, train: list, r: Recipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch ``step`` of shuffled epochs over the training examples: a pure function of the step
     and the seed (epoch e uses permutation ``default_rng((seed, e))``), so a resumed run sees the
-    same batches as an uninterrupted one."""
+    same batches as an uninterrupted one.
+
+    ``r.bucket_batches = K > 0``: the stream is cut into chunks of K batches; each chunk is sorted
+    by length (stable), cut into K batches, and those are taken in the order of permutation
+    ``default_rng((seed, chunk, 1))`` — every example still once per epoch, much less padding.
+    ``r.token_dropout = p > 0``: each token of a (truncated) sentence is removed with probability
+    p (``default_rng((seed, step, 2))``), at least one token kept."""
     from qslm.eval import pad_batch
 
-    n = len(train)
-    first = step * r.batch_size
-    idx = []
-    for pos in range(first, first + r.batch_size):
-        epoch, i = divmod(pos, n)
-        idx.append(int(_epoch_order(r.seed, epoch, n)[i]))
+    n, B = len(train), r.batch_size
+    if r.bucket_batches:
+        K = r.bucket_batches
+        chunk, j = divmod(step, K)
+        pool = _stream(chunk * K * B, K * B, n, r.seed)
+        lengths = np.array([min(len(train[i][0]), r.ctx_len) for i in pool])
+        pool = [pool[i] for i in np.argsort(lengths, kind="stable")]
+        k = int(np.random.default_rng((r.seed, chunk, 1)).permutation(K)[j])
+        idx = pool[k * B : (k + 1) * B]
+    else:
+        idx = _stream(step * B, B, n, r.seed)
     batch = [train[i] for i in idx]
-    ids, mask = pad_batch([e[0] for e in batch], max_len=r.ctx_len)
+    seqs = [list(e[0][: r.ctx_len]) for e in batch]
+    if r.token_dropout:
+        rng = np.random.default_rng((r.seed, step, 2))
+        for b, seq in enumerate(seqs):
+            keep = rng.random(len(seq)) >= r.token_dropout
+            if not keep.any():
+                keep[int(rng.integers(len(seq)))] = True
+            seqs[b] = [t for t, k in zip(seq, keep) if k]
+    ids, mask = pad_batch(seqs, max_len=r.ctx_len)
     return ids, mask, torch.tensor([e[1] for e in batch])
 
 
@@ -305,7 +424,10 @@ def train(r: Recipe, run_dir: Path, data_dir: str | None, fresh: bool, max_steps
         init = resolve_init(r.init)
         tok = load_tokenizer(init["tokenizer"])
         save_tokenizer(tok, run_dir / "tokenizer.json")
-        model = build_classifier(r, init["weights"])
+        if r.family == "sdt":
+            model = build_sdt(r, tok.get_vocab_size(), init["weights"])
+        else:
+            model = build_classifier(r, init["weights"])
         examples = sst2_examples(tok, data_dir)
     run = Run(r, run_dir, model)
     resumed = run.try_resume()
@@ -325,7 +447,12 @@ def train(r: Recipe, run_dir: Path, data_dir: str | None, fresh: bool, max_steps
             tokens_since += y.numel()
         else:
             xb, mask, labels = sst2_batch(run.step, examples["train"], r)
-            _, loss = model(xb, labels, attention_mask=mask)
+            if r.label_smoothing:
+                logits = model(xb, attention_mask=mask)
+                loss = torch.nn.functional.cross_entropy(logits, labels,
+                                                         label_smoothing=r.label_smoothing)
+            else:
+                _, loss = model(xb, labels, attention_mask=mask)
             tokens_since += int(mask.sum())
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -393,6 +520,66 @@ def build_classifier(r: Recipe, weights: Path) -> torch.nn.Module:
     model = load_spikegpt(weights, num_classes=2, dropout=r.dropout)
     model.train()
     return model
+
+
+def lm_embedding(weights: Path) -> torch.Tensor:
+    """``emb.weight`` (V, C) of an LM: a bundled safetensors file or a run's ``ckpt.pt``."""
+    from qslm.models.checkpoint import read_state_dict
+
+    if weights.suffix == ".pt":
+        sd = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    else:
+        sd, _ = read_state_dict(weights)
+    if "emb.weight" not in sd:
+        raise QslmError(f"{weights}: no 'emb.weight' to initialise the embedding from")
+    return sd["emb.weight"].to(torch.float64)
+
+
+def pca_embedding(emb: torch.Tensor, n: int) -> torch.Tensor:
+    """The rows of ``emb`` (V, C), centred, projected on their ``n`` principal directions and
+    scaled to unit RMS (the scale of the N(0, 1) initialisation): (V, n) float32.
+
+    Deterministic: each column's sign makes its largest-magnitude entry positive (so neither
+    the SVD's sign ambiguity nor the data's sign matters)."""
+    V, C = emb.shape
+    if n > C:
+        raise QslmError(f"emb_init = \"pca\" needs n_embd <= the LM's width {C}, got n_embd = {n}")
+    x = emb.to(torch.float64)
+    x = x - x.mean(dim=0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    z = x @ vh[:n].T  # (V, n)
+    z = z * torch.sign(z.gather(0, z.abs().argmax(dim=0, keepdim=True)))
+    return (z / z.pow(2).mean().sqrt()).to(torch.float32)
+
+
+def build_sdt(r: Recipe, vocab_size: int, weights: Path) -> torch.nn.Module:
+    """A fresh spike-driven encoder for recipe ``r`` (seeded), in training mode.
+
+    ``emb_init = "pca"``: the embedding is the PCA projection of the init LM's embedding (same
+    tokenizer). ``zero_init_residual``: γ of the norm that ends each residual branch
+    (``attn.o_norm``, ``mlp.fc2_norm``) starts at 0, as ResNets' zero-init residual — the
+    untrained encoder is then a bag of embeddings (emb + pos, pooled, head), which trains much
+    faster on SST-2, and the spiking branches grow into it (their γ get gradients at once)."""
+    from qslm.data.tokenizer import PAD_ID
+    from qslm.models import SDTConfig, SpikeDrivenEncoder
+
+    torch.manual_seed(r.seed)
+    cfg = SDTConfig(vocab_size=vocab_size, n_layer=r.n_layer, n_embd=r.n_embd, num_classes=2,
+                    mlp_ratio=r.mlp_ratio, t_sim=r.t_sim, ctx_len=r.ctx_len, pad_id=PAD_ID)
+    model = SpikeDrivenEncoder(cfg)
+    if r.emb_init == "pca":
+        emb = lm_embedding(weights)
+        if emb.shape[0] != vocab_size:
+            raise QslmError(f"{weights}: embedding has {emb.shape[0]} rows but the tokenizer "
+                            f"has {vocab_size} tokens")
+        with torch.no_grad():
+            model.emb.weight.copy_(pca_embedding(emb, r.n_embd))
+    if r.zero_init_residual:
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.o_norm.weight.zero_()
+                block.mlp.fc2_norm.weight.zero_()
+    return model.train()
 
 
 # ---- CLI --------------------------------------------------------------------------------------------

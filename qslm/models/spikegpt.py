@@ -291,14 +291,19 @@ class SpikeRecorder:
             per_block.setdefault(name.rsplit(".", 1)[0], []).append(r)
         return {b: sum(rs) / len(rs) for b, rs in per_block.items()}
 
+    # What a tap is called in messages, and the axis along which calls are concatenated.
+    _TAP_KIND = "LIF"
+    _CONCAT_DIM = 1
+
     def spikes(self, name: str) -> Tensor:
         if name not in self._spikes:
-            raise ConfigError(f"no LIF named {name!r}; known: {', '.join(self._spikes)}")
+            raise ConfigError(f"no {self._TAP_KIND} named {name!r}; known: "
+                              f"{', '.join(self._spikes)}")
         if not self.keep_spikes:
             raise ConfigError("spikes were not kept: use record_spikes(keep_spikes=True)")
         if not self._spikes[name]:
             raise ConfigError(f"{name} recorded no spikes: run the model inside record_spikes()")
-        return torch.cat(self._spikes[name], dim=1)
+        return torch.cat(self._spikes[name], dim=self._CONCAT_DIM)
 
 
 class LIFNode(nn.Module):

@@ -1,6 +1,10 @@
 """Bundled pre-trained SLMs: ``qslm/zoo/NAME/`` holds ``model.safetensors`` (fp16 matrices, the
 config in its metadata), ``tokenizer.json`` and ``card.json`` (recipe, metrics, firing rates).
-Training recipes: ``recipes.toml``; model cards: ``docs/models/NAME.md``."""
+Training recipes: ``recipes.toml``; model cards: ``docs/models/NAME.md``.
+
+Two families: SpikeGPT (``spikegpt-mini-*``) and the spike-driven encoder classifier
+(``sdt-mini-sst2``), bundled with its norms folded into its Linears (the deployed form);
+``qslm.models.load(NAME)`` returns the right class from the family stored in the file."""
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
 """Bundle a finished training run: evaluate the fp16 weights users will get, write
-``qslm/zoo/NAME/{model.safetensors,tokenizer.json,card.json}`` and ``docs/models/NAME.md``."""
+``qslm/zoo/NAME/{model.safetensors,tokenizer.json,card.json}`` and ``docs/models/NAME.md``.
+
+A spike-driven encoder (recipe ``family = "sdt"``) is bundled in its deployed form: the
+BatchNorms are folded into the block Linears (in float64, then stored as fp16 matrices and
+float32 biases), so the bundle's block Linears are "spikes × weights + bias" and every metric of
+the card is measured on that folded fp16 model. Its card also records the init LM whose
+tokenizer (and, with ``emb_init = "pca"``, embedding) it starts from, and the input firing rate
+of every block Linear (``input_rates``, what ``model.workload()`` takes)."""
 
 from __future__ import annotations
 
@@ -66,7 +73,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
     from qslm.data.tokenizer import load_tokenizer
     from qslm.eval import (classification_accuracy, classification_batches, count_words,
                            count_words_in_tokens, lm_perplexity)
-    from qslm.models import SpikeGPT, SpikeGPTConfig, load_spikegpt, save_safetensors
+    from qslm.models import load_checkpoint, save_safetensors
     from qslm.train import lm_tokens, sst2_examples
 
     ckpt_path = run_dir / "ckpt.pt"
@@ -78,9 +85,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
     if state["step"] < recipe.max_steps:
         raise QslmError(f"{ckpt_path} stopped at step {state['step']} of {recipe.max_steps}: "
                         f"resume it with python -m qslm.train run {recipe.name}")
-    model = SpikeGPT(SpikeGPTConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = deployed_model(state)
 
     out = zoo or bundled_dir(recipe.name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +94,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
         save_safetensors(model, staging / "model.safetensors")
         shutil.copyfile(run_dir / "tokenizer.json", staging / "tokenizer.json")
         # Every metric below is measured on the bundle as users load it (fp16 matrices).
-        bundle = load_spikegpt(staging / "model.safetensors")
+        bundle = load_checkpoint(staging / "model.safetensors")
         tok = load_tokenizer(staging / "tokenizer.json")
         metrics: dict[str, Any] = {}
         if recipe.task == "lm":
@@ -126,6 +131,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
                 bundle(ids, attention_mask=mask)
             data_files = ["wikitext-2-raw", "sst2"]
         rates = rec.rates()
+        sdt = getattr(recipe, "family", "spikegpt") == "sdt"
         checksums = {}
         for name in data_files:
             root = resolve(name, data_dir)
@@ -146,6 +152,7 @@ def export_run(recipe: Any, run_dir: Path, data_dir: str | None, zoo: Path | Non
             "metrics": metrics,
             "firing_rates": rates,
             "data_sha256": checksums,
+            **(_sdt_card_fields(recipe, rec) if sdt else {}),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "exported": datetime.date.today().isoformat(),
         }
@@ -169,10 +176,17 @@ def write_model_card(card: dict[str, Any], history: list[dict[str, Any]], docs: 
     fig = training_curve(history, name)
     fig.savefig(docs / f"{name}-curve.png", dpi=110)
     m = card["metrics"]
+    c = card["config"]
+    sdt = c.get("family") == "spike-driven-encoder"
+    if sdt:
+        what = (f"A spike-driven encoder classifier ({c['n_layer']} blocks × {c['n_embd']} channels, "
+                f"MLP {c['mlp_ratio'] * c['n_embd']}, {c['t_sim']} simulation steps, vocabulary "
+                f"{c['vocab_size']}; every block Linear takes spikes)")
+    else:
+        what = (f"A SpikeGPT ({c['n_layer']} blocks × {c['n_embd']} channels, "
+                f"vocabulary {c['vocab_size']})")
     lines = [f"# {name}", "",
-             f"A SpikeGPT ({card['config']['n_layer']} blocks × {card['config']['n_embd']} channels, "
-             f"vocabulary {card['config']['vocab_size']}) trained by qslm on this machine: "
-             f"{card['machine']}.", "",
+             f"{what} trained by qslm on this machine: {card['machine']}.", "",
              "Reproduce:", "", "```bash", card["command"], "```", "",
              "| | |", "|---|---|",
              f"| parameters | {card['parameters']:,} |",
@@ -187,11 +201,49 @@ def write_model_card(card: dict[str, Any], history: list[dict[str, Any]], docs: 
     if "dev" in m:
         lines.append(f"| SST-2 dev accuracy | {100 * m['dev']['accuracy']:.2f} % ({m['dev']['n']} sentences) |")
     lines.append(f"| fixed-subset check ({m['subset']['what']}) | {m['subset']['value']:.6f} |")
-    lines += ["", "Firing rates (fraction of LIF outputs that spike, measured on evaluation data):", "",
-              "| LIF | rate |", "|---|---:|"]
+    if sdt:
+        init = card.get("init", {})
+        lines += ["", "Stored with its norms folded (`norms_folded = true`): each block Linear is "
+                  "\"spikes × weights + bias\" (fp16 weights, float32 biases), the deployed form that "
+                  "search, quantization and runtime see; every metric above is of this bundle.",
+                  "", f"Starts from `{init.get('recipe', card['recipe'].get('init'))}`: its "
+                  f"{init.get('uses', 'tokenizer')} (tokenizer sha256 `{init.get('tokenizer_sha256', '?')}`"
+                  + (f", weights sha256 `{init['weights_sha256']}`" if "embedding" in init.get("uses", "") else "")
+                  + ")."]
+    lines += ["", "Firing rates (fraction of LIF outputs that spike, measured on evaluation data"
+              + ("; `attn.gate` is the AND of the gate and V spikes, the input of `attn.o`" if sdt else "")
+              + "):", "", "| LIF | rate |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in card["firing_rates"].items()]
     lines += ["", "Data (sha256):", ""] + [f"- `{k}`: `{v}`" for k, v in card["data_sha256"].items()]
     lines += ["", f"Training curve: `{name}-curve.png`.", "",
-              "Recipe: " + ", ".join(f"{k} = {v}" for k, v in card["recipe"].items() if k != "name"), ""]
+              "Recipe: " + ", ".join(f"{k} = {v if v != '' else chr(34) * 2}" for k, v in card["recipe"].items()
+                                     if k != "name"), ""]
     return atomic_write_text(docs / f"{name}.md", "\n".join(lines))
 
+
+
+def deployed_model(state: dict[str, Any]) -> torch.nn.Module:
+    """The model of a training checkpoint (``ckpt.pt`` contents) in the form to bundle, eval
+    mode: a SpikeGPT as trained; a spike-driven encoder with its norms folded (in float64)."""
+    from qslm.models import SDTConfig, SpikeDrivenEncoder, SpikeGPT, SpikeGPTConfig
+    from qslm.models.sdt import FAMILY as SDT_FAMILY
+
+    cfg = state["model_config"]
+    if cfg.get("family") == SDT_FAMILY:
+        model = SpikeDrivenEncoder(SDTConfig.from_dict(cfg))
+        model.load_state_dict(state["model"])
+        return model.double().eval().fold_norms()
+    model = SpikeGPT(SpikeGPTConfig.from_dict(cfg))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _sdt_card_fields(recipe: Any, rec: Any) -> dict[str, Any]:
+    from qslm.train import resolve_init
+
+    init = resolve_init(recipe.init)
+    return {
+        "init": {"recipe": recipe.init, "uses": "tokenizer" + (" and embedding (PCA)" if recipe.emb_init == "pca" else ""),
+                 "weights_sha256": _sha256(init["weights"]), "tokenizer_sha256": _sha256(init["tokenizer"])},
+        "input_rates": rec.input_rates(),
+    }
