@@ -39,7 +39,13 @@ from torch import Tensor, nn
 
 from qslm import kernels
 from qslm._io import atomic_path
-from qslm.errors import FormatVersionError, PackedModelError, PlanError, QuantizationError
+from qslm.errors import (
+    ArchitectureError,
+    FormatVersionError,
+    PackedModelError,
+    PlanError,
+    QuantizationError,
+)
 from qslm.quant.apply import planned_modules
 from qslm.quant.plan import QuantPlan, QuantSpec
 from qslm.quant.primitives import (
@@ -53,16 +59,20 @@ __all__ = [
     "METADATA_KEY",
     "PACKED_FILENAME",
     "PACKED_FORMAT_VERSION",
+    "SPIKEGPT_FAMILY",
     "PackedModel",
     "PackedWeight",
+    "config_family",
     "export_packed",
     "load_packed",
+    "model_from_config",
 ]
 
 PACKED_FORMAT_VERSION = 1
 PACKED_FILENAME = "model.qslm.safetensors"
 METADATA_KEY = "qslm_packed"
 _SUFFIXES = ("packed", "scales", "zero_points")
+SPIKEGPT_FAMILY = "spikegpt"  # the family of a stored config without a "family" key
 _KEPT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -141,7 +151,7 @@ class PackedModel:
     """What :func:`load_packed` returns."""
 
     plan: QuantPlan
-    config: Mapping[str, Any] | None  # the model config as exported (SpikeGPTConfig.to_dict())
+    config: Mapping[str, Any] | None  # the model config as exported (config.to_dict())
     weights: Mapping[str, PackedWeight]  # module name → packed weight
     tensors: Mapping[str, Tensor]  # every other state-dict entry, as stored
     format_version: int = PACKED_FORMAT_VERSION
@@ -155,21 +165,50 @@ class PackedModel:
             sd[f"{name}.weight"] = pw.dequantize()
         return sd
 
+    @property
+    def family(self) -> str | None:
+        """The model family of the stored config (:func:`config_family`; None without one)."""
+        return None if self.config is None else config_family(self.config)
+
     def build_model(self, factory: Callable[[Mapping[str, Any] | None], nn.Module] | None = None
                     ) -> nn.Module:
-        """The fake-quant model in eval mode: ``factory(config)`` (default: a SpikeGPT from the
-        stored config) with :meth:`state_dict` loaded strictly."""
+        """The fake-quant model in eval mode: ``factory(config)`` (default: the model of the
+        stored config's family — a SpikeGPT or a spike-driven encoder, :func:`model_from_config`)
+        with :meth:`state_dict` loaded strictly."""
         if factory is None:
-            from qslm.models import SpikeGPT, SpikeGPTConfig
-
             if self.config is None:
                 raise PackedModelError("the packed model stores no config: pass a factory that "
                                        "builds the model")
-            model: nn.Module = SpikeGPT(SpikeGPTConfig.from_dict(self.config))
+            model: nn.Module = model_from_config(self.config)
         else:
             model = factory(self.config)
         model.load_state_dict(self.state_dict(), strict=True)
         return model.eval()
+
+
+def config_family(config: Mapping[str, Any]) -> str:
+    """The model family a stored config names, as :mod:`qslm.models.checkpoint` reads it:
+    :data:`SPIKEGPT_FAMILY` when it names none (every SpikeGPT config) or ``"spikegpt"``,
+    ``"spike-driven-encoder"`` (:data:`qslm.models.sdt.FAMILY`) for an encoder; any other family
+    is an :class:`~qslm.errors.ArchitectureError`."""
+    from qslm.models.sdt import FAMILY as SDT_FAMILY
+
+    family = config.get("family", SPIKEGPT_FAMILY)
+    if family not in (SPIKEGPT_FAMILY, SDT_FAMILY):
+        raise ArchitectureError(f"the stored config names an unknown model family {family!r}; "
+                                f"known: {SPIKEGPT_FAMILY}, {SDT_FAMILY}")
+    return family
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """A freshly initialised model of the stored config's family (:func:`config_family`): a
+    :class:`~qslm.models.SpikeDrivenEncoder` or a :class:`~qslm.models.SpikeGPT`."""
+    from qslm.models import SDTConfig, SpikeDrivenEncoder, SpikeGPT, SpikeGPTConfig
+
+    if config_family(config) == SPIKEGPT_FAMILY:
+        return SpikeGPT(SpikeGPTConfig.from_dict({k: v for k, v in config.items()
+                                                  if k != "family"}))
+    return SpikeDrivenEncoder(SDTConfig.from_dict(config))
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

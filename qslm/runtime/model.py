@@ -4,34 +4,45 @@ How a packed file becomes a model, without ever holding a float32 copy of a quan
 
 1. :func:`qslm.quant.export.load_packed` reads the file (format version, tensors present with
    the shapes their specs imply);
-2. the stored config must be a SpikeGPT config (else :class:`~qslm.errors.ArchitectureError`);
-   a :class:`RuntimeModel` (a :class:`~qslm.models.SpikeGPT`) is built from it **on the meta
-   device**, so no parameter memory is allocated;
+2. the stored config names the model family (:func:`qslm.quant.export.config_family`: no
+   ``family`` key or ``"spikegpt"`` → SpikeGPT, ``"spike-driven-encoder"`` → the encoder
+   classifier; any other, or no config, is an :class:`~qslm.errors.ArchitectureError`) and must
+   be a valid config of it; the family's runtime class — :class:`RuntimeModel` (a
+   :class:`~qslm.models.SpikeGPT`) or :class:`~qslm.runtime.sdt.SDTRuntime` (a
+   :class:`~qslm.models.SpikeDrivenEncoder`) — is built from it **on the meta device**, so no
+   parameter memory is allocated;
 3. the stored plan is resolved on the model's quantizable modules and checked against the packed
    weights: every module the plan quantizes is packed with exactly the plan's spec, kind and
    shape match the model (:class:`~qslm.errors.ArchitectureError` for a plan or module of
    another architecture, :class:`~qslm.errors.PackedCodeError` for codes or quantization
    parameters that do not fit the plan's bit widths);
-4. every quantized leaf is swapped for a :class:`~qslm.runtime.packed.PackedLinear` /
+4. every quantized leaf is swapped for a :class:`~qslm.runtime.packed.PackedLinear` (declared a
+   spike input — ``spike_matmul`` — for the model's ``spike_input_modules()``) /
    :class:`~qslm.runtime.packed.PackedEmbedding` holding the packed codes, and every LIF for a
    :class:`~qslm.runtime.packed.KernelLIF`;
-5. the non-quantized tensors (LayerNorms, time parameters, kept weights, biases) are assigned
-   from the file (``load_state_dict(assign=True)``; float16/bfloat16 kept tensors become float32,
-   as in the fake-quant model), strictly: a missing or unexpected tensor is an error.
+5. the non-quantized tensors (LayerNorms, time parameters, kept weights, biases, norm
+   statistics) are assigned from the file (``load_state_dict(assign=True)``; float16/bfloat16
+   kept tensors become float32, as in the fake-quant model), strictly: a missing or unexpected
+   tensor is an error.
+
+Steps 3–5 are family-independent (:func:`build_packed_runtime`); a family only provides its
+runtime class (the torch model with :class:`PackedRuntime` mixed in and KernelLIFs) and its
+config reader.
 
 The model owns its memory: packed codes, float32 scales (and zero points) and the other tensors
 are copied out of the file's memory map once, so the process holds about the packed size
-(:meth:`RuntimeModel.memory`), the file is not kept mapped, and changing or deleting it later
+(:meth:`PackedRuntime.memory`), the file is not kept mapped, and changing or deleting it later
 does not affect the loaded model.
 
-The result computes what the fake-quant torch model of the same plan computes (``forward``,
-``step``, ``forward_recurrent``, ``record_spikes``: the SpikeGPT API), with the matrix products
-in the kernels' float32 accumulation order (see :mod:`qslm.runtime.parity` for the tolerances).
+The result computes what the fake-quant torch model of the same plan computes (SpikeGPT:
+``forward``, ``step``, ``forward_recurrent``, ``record_spikes``; the encoder: ``forward``,
+``record_spikes``), with the matrix products in the kernels' float32 accumulation order (see
+:mod:`qslm.runtime.parity` for the tolerances).
 
-Firing rates: every LIF's spikes are counted during every run (any call, any form) into the
-model's own recorder: :meth:`RuntimeModel.firing_rates` (per LIF) and
-:meth:`RuntimeModel.block_firing_rates` (per block), which :meth:`RuntimeModel.workload` and
-:meth:`RuntimeModel.cost` hand to hwmodel, so energy estimates use the quantized model's rates.
+Firing rates: every spike tap's spikes are counted during every run (any call, any form) into
+the model's own recorder: :meth:`PackedRuntime.firing_rates` (per LIF / tap) and
+:meth:`PackedRuntime.block_firing_rates` (per block), which :meth:`PackedRuntime.workload` and
+:meth:`PackedRuntime.cost` hand to hwmodel, so energy estimates use the quantized model's rates.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,12 +74,23 @@ from qslm.models.spikegpt import (
     SpikeGPTState,
     SpikeRecorder,
 )
-from qslm.quant.export import PACKED_FILENAME, PackedModel, PackedWeight, load_packed
+from qslm.models.sdt import FAMILY as SDT_FAMILY
+from qslm.quant.export import (
+    PACKED_FILENAME,
+    PackedModel,
+    PackedWeight,
+    config_family,
+    load_packed,
+)
 from qslm.quant.plan import QuantPlan, QuantSpec, quantizable_modules
 from qslm.runtime.packed import KernelLIF, PackedEmbedding, PackedLinear, packed_nbytes
 from qslm.runtime.sampling import GREEDY, Sampling, next_token
 
-__all__ = ["RuntimeModel", "load_runtime"]
+if TYPE_CHECKING:
+    from qslm.runtime.sdt import SDTRuntime
+
+__all__ = ["PackedRuntime", "RuntimeModel", "build_packed_runtime", "build_runtime",
+           "load_runtime"]
 
 _ARCH_KEYS = ("arch", "architecture", "model_type")  # a foreign config may name its model
 
@@ -117,7 +139,162 @@ class _FanOut:
             r.add(name, s)
 
 
-class RuntimeModel(SpikeGPT):
+class PackedRuntime:
+    """What every runtime model adds to the torch model of its family (a mixin, listed before
+    the family's class: ``class RuntimeModel(PackedRuntime, SpikeGPT)``).
+
+    What was loaded (:attr:`plan`, :attr:`module_specs`, :attr:`source`); the always-on
+    firing-rate recorder and nested :meth:`record_spikes` blocks; :meth:`firing_rates`,
+    :meth:`block_firing_rates`, :meth:`workload` / :meth:`cost` with the measured rates,
+    :meth:`hw_plan`, :meth:`memory`, :meth:`accuracy`. A family provides the hooks
+    :meth:`_rate_counter`, :meth:`_spike_recorder`, :meth:`_wire_recorders` (and may change
+    :meth:`_measured_rates`, what :meth:`workload` hands to hwmodel) and :attr:`ARCH_NAME`.
+    """
+
+    ARCH_NAME = "model"  # in messages: "the stored plan is not for this {ARCH_NAME}"
+    plan: QuantPlan | None
+    module_specs: dict[str, QuantSpec]
+    source: Path | None
+
+    def _init_runtime(self) -> None:
+        """Call at the end of the family's ``__init__`` (after its LIFs became KernelLIFs)."""
+        self.plan = None
+        self.module_specs = {}  # quantized module → its spec
+        self.source = None
+        self._rates = self._rate_counter()
+        self._recorders: list[Any] = [self._rates]
+        self._wire_recorders()
+
+    # ---- family hooks --------------------------------------------------------------------------
+    def _rate_counter(self) -> Any:
+        """A fresh rates-only recorder of every spike tap with ``n_elements``."""
+        raise NotImplementedError
+
+    def _spike_recorder(self, keep_spikes: bool) -> Any:
+        """The recorder :meth:`record_spikes` yields (the family's own)."""
+        raise NotImplementedError
+
+    def _wire_recorders(self) -> None:
+        """Point every spike tap at ``self._recorders`` (one, or a fan-out to several)."""
+        raise NotImplementedError
+
+    def _measured_rates(self) -> dict[str, float]:
+        """The measured rates :meth:`workload` hands to hwmodel (default: per block)."""
+        return self.block_firing_rates()
+
+    def arch_summary(self) -> str:
+        """The model's shape in messages, e.g. ``"L=2, C=64, V=300"``."""
+        c = self.config  # type: ignore[attr-defined]
+        return f"L={c.n_layer}, C={c.n_embd}, V={c.vocab_size}"
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_packed(cls, path: str | os.PathLike[str]) -> Any:
+        """Same as :func:`load_runtime`, for a file of this class's family."""
+        model = load_runtime(path)
+        if not isinstance(model, cls):
+            raise ArchitectureError(f"{path}: holds a {model.ARCH_NAME}, not a {cls.ARCH_NAME} "
+                                    f"({cls.__name__}): use load_runtime")
+        return model
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """No-op: a runtime model's parameters come from the packed file."""
+
+    # ---- spike taps and firing rates -----------------------------------------------------------
+    @contextlib.contextmanager
+    def record_spikes(self, keep_spikes: bool = False) -> Iterator[Any]:
+        """As the family's ``record_spikes`` (same recorder); blocks may nest, and the model's
+        own firing-rate counter keeps counting meanwhile."""
+        rec = self._spike_recorder(keep_spikes)
+        self._recorders.append(rec)
+        self._wire_recorders()
+        try:
+            yield rec
+        finally:
+            self._recorders.remove(rec)
+            self._wire_recorders()
+
+    def firing_rates(self) -> dict[str, float]:
+        """Mean firing rate of every spike tap (SpikeGPT: ``"blocks.{l}.lif1"`` / ``lif2``) over
+        everything this model ran since it was loaded or :meth:`reset_firing_rates` (0.0 before
+        any run)."""
+        return self._rates.rates()
+
+    def block_firing_rates(self) -> dict[str, float]:
+        """Per block, keyed ``"blocks.{l}"`` (hwmodel's form): the recorder's ``block_rates()``
+        (SpikeGPT: the mean rate of the block's two LIFs)."""
+        return self._rates.block_rates()
+
+    def measured_elements(self) -> int:
+        """Neuron updates counted by the firing-rate recorder (0: nothing measured yet)."""
+        return self._rates.n_elements
+
+    def reset_firing_rates(self) -> None:
+        self._rates = self._rate_counter()
+        self._recorders[0] = self._rates
+        self._wire_recorders()
+
+    def workload(self, firing_rates: float | Mapping[str, float] | None = None,
+                 per: str | None = None, *, spike_inputs: str = "released",
+                 seq_len: int | None = None, **kwargs: Any):
+        """The family's ``workload`` with the **measured** firing rates by default (when
+        anything was run, :meth:`_measured_rates`; else hwmodel's placeholder). For SpikeGPT
+        the rates matter for ``spike_inputs="idealized"`` (the paper's accounting)."""
+        if firing_rates is None and self.measured_elements():
+            firing_rates = self._measured_rates()
+        return super().workload(firing_rates, per,  # type: ignore[misc]
+                                spike_inputs=spike_inputs, seq_len=seq_len, **kwargs)
+
+    def hw_plan(self):
+        """The loaded plan as an hwmodel :class:`~hwmodel.Plan` (one entry per module)."""
+        from hwmodel import ModuleSpec, Plan
+
+        mods: dict[str, ModuleSpec | None] = {}
+        for block in self.hierarchy().values():  # type: ignore[attr-defined]
+            for name in block:
+                s = self.module_specs.get(name)
+                mods[name] = None if s is None else ModuleSpec(
+                    s.bits, s.group_size if s.granularity == "group" else None, s.symmetric)
+        return Plan(mods, None)
+
+    def cost(self, device: Any, per: str | None = None, *, spike_inputs: str = "released",
+             seq_len: int | None = None):
+        """hwmodel's cost (memory, energy, latency, power) of this packed model on ``device``
+        (a preset name or a :class:`hwmodel.Device`), with the measured firing rates."""
+        import hwmodel
+
+        wl = self.workload(None, per, spike_inputs=spike_inputs, seq_len=seq_len)
+        return hwmodel.cost(wl, self.hw_plan(), device)
+
+    # ---- memory --------------------------------------------------------------------------------
+    def memory(self) -> dict[str, int]:
+        """Bytes held: ``packed`` (codes, scales, zero points of the quantized modules),
+        ``float`` (every other parameter or buffer: kept weights, norms, biases, time
+        parameters)."""
+        packed = packed_nbytes(self)  # type: ignore[arg-type]
+        ids = {id(b) for m in self.modules()  # type: ignore[attr-defined]
+               if isinstance(m, (PackedLinear, PackedEmbedding))
+               for b in (m.packed, m.scales, m.zero_points) if b is not None}
+        other = sum(t.numel() * t.element_size() for t in
+                    list(self.parameters()) + list(self.buffers())  # type: ignore[attr-defined]
+                    if id(t) not in ids)
+        return {"packed": packed, "float": other, "total": packed + other}
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def accuracy(self, batches: Iterable[tuple[Tensor, Tensor, Any]],
+                 **kwargs: Any) -> dict[str, Any]:
+        """:func:`qslm.eval.classification_accuracy` of this classifier over ``batches``
+        (``(ids, attention_mask, labels)``, e.g. :func:`qslm.eval.classification_batches`)."""
+        from qslm.eval import classification_accuracy
+
+        if not self.config.is_classifier:  # type: ignore[attr-defined]
+            raise ConfigError("accuracy needs a classifier; this is a language model")
+        kwargs.setdefault("progress", False)
+        return classification_accuracy(self, batches, **kwargs)
+
+
+class RuntimeModel(PackedRuntime, SpikeGPT):
     """A SpikeGPT whose quantized leaves are packed modules on the Rust kernels.
 
     Build it with :func:`load_runtime` (or :meth:`from_packed`). It is a
@@ -130,6 +307,8 @@ class RuntimeModel(SpikeGPT):
     (``torch.set_num_threads``, restored afterwards; not for concurrent use from several threads).
     """
 
+    ARCH_NAME = "SpikeGPT"
+
     def __init__(self, config: SpikeGPTConfig) -> None:
         # Build under ``torch.device("meta")`` (load_runtime does): reset_parameters is a no-op,
         # every parameter is assigned from the packed file afterwards.
@@ -140,24 +319,10 @@ class RuntimeModel(SpikeGPT):
                 k = KernelLIF(*lif)
                 k.tap_name = f"blocks.{layer}.{attr}"
                 setattr(block, attr, k)
-        self.plan: QuantPlan | None = None
-        self.module_specs: dict[str, QuantSpec] = {}  # quantized module → its spec
-        self.source: Path | None = None
         # generate() on the fused Rust step (qslm.runtime.engine); False: on step(), the
         # torch modules calling the kernels one product at a time.
         self.fused_step = True
-        self._rates = _RateCounter(self.lif_names())
-        self._recorders: list[SpikeRecorder] = [self._rates]
-        self._wire_recorders()
-
-    @classmethod
-    def from_packed(cls, path: str | os.PathLike[str]) -> RuntimeModel:
-        """Same as :func:`load_runtime`."""
-        return load_runtime(path)
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """No-op: a runtime model's parameters come from the packed file."""
+        self._init_runtime()
 
     def init_state(self, batch_size: int = 1) -> SpikeGPTState:
         """A fresh recurrent state on the CPU (zeros, p = −1e30, membranes at v_reset)."""
@@ -181,86 +346,19 @@ class RuntimeModel(SpikeGPT):
         with _one_torch_thread():
             return super().forward_recurrent(idx, state, attention_mask, return_state)
 
-    # ---- spike taps and firing rates -----------------------------------------------------------
+    # ---- spike taps (PackedRuntime's hooks) ----------------------------------------------------
+    def _rate_counter(self) -> _RateCounter:
+        return _RateCounter(self.lif_names())
+
+    def _spike_recorder(self, keep_spikes: bool) -> SpikeRecorder:
+        return SpikeRecorder(self.lif_names(), keep_spikes)
+
     def _wire_recorders(self) -> None:
         recs = self._recorders
         target: Any = None if not recs else recs[0] if len(recs) == 1 else _FanOut(recs)
         for m in self.modules():
             if isinstance(m, KernelLIF):
                 m.recorder = target
-
-    @contextlib.contextmanager
-    def record_spikes(self, keep_spikes: bool = False) -> Iterator[SpikeRecorder]:
-        """As :meth:`SpikeGPT.record_spikes`; blocks may nest, and the model's own firing-rate
-        counter keeps counting meanwhile."""
-        rec = SpikeRecorder(self.lif_names(), keep_spikes)
-        self._recorders.append(rec)
-        self._wire_recorders()
-        try:
-            yield rec
-        finally:
-            self._recorders.remove(rec)
-            self._wire_recorders()
-
-    def firing_rates(self) -> dict[str, float]:
-        """Mean firing rate of every LIF (``"blocks.{l}.lif1"`` / ``lif2``) over everything this
-        model ran since it was loaded or :meth:`reset_firing_rates` (0.0 before any run)."""
-        return self._rates.rates()
-
-    def block_firing_rates(self) -> dict[str, float]:
-        """Mean rate of the two LIFs of each block, keyed ``"blocks.{l}"`` (hwmodel's form)."""
-        return self._rates.block_rates()
-
-    def measured_elements(self) -> int:
-        """Neuron updates counted by the firing-rate recorder (0: nothing measured yet)."""
-        return self._rates.n_elements
-
-    def reset_firing_rates(self) -> None:
-        self._rates = _RateCounter(self.lif_names())
-        self._recorders[0] = self._rates
-        self._wire_recorders()
-
-    def workload(self, firing_rates: float | Mapping[str, float] | None = None,
-                 per: str | None = None, *, spike_inputs: str = "released",
-                 seq_len: int | None = None):
-        """:meth:`SpikeGPT.workload` with the **measured** per-block firing rates by default
-        (when anything was run; else hwmodel's placeholder). The rates matter for
-        ``spike_inputs="idealized"`` (the paper's accounting)."""
-        if firing_rates is None and self.measured_elements():
-            firing_rates = self.block_firing_rates()
-        return super().workload(firing_rates, per, spike_inputs=spike_inputs, seq_len=seq_len)
-
-    def hw_plan(self):
-        """The loaded plan as an hwmodel :class:`~hwmodel.Plan` (one entry per module)."""
-        from hwmodel import ModuleSpec, Plan
-
-        mods: dict[str, ModuleSpec | None] = {}
-        for block in self.hierarchy().values():
-            for name in block:
-                s = self.module_specs.get(name)
-                mods[name] = None if s is None else ModuleSpec(
-                    s.bits, s.group_size if s.granularity == "group" else None, s.symmetric)
-        return Plan(mods, None)
-
-    def cost(self, device: Any, per: str | None = None, *, spike_inputs: str = "released",
-             seq_len: int | None = None):
-        """hwmodel's cost (memory, energy, latency, power) of this packed model on ``device``
-        (a preset name or a :class:`hwmodel.Device`), with the measured firing rates."""
-        import hwmodel
-
-        wl = self.workload(None, per, spike_inputs=spike_inputs, seq_len=seq_len)
-        return hwmodel.cost(wl, self.hw_plan(), device)
-
-    # ---- memory --------------------------------------------------------------------------------
-    def memory(self) -> dict[str, int]:
-        """Bytes held: ``packed`` (codes, scales, zero points of the quantized modules),
-        ``float`` (every other parameter or buffer: kept weights, LayerNorms, time parameters)."""
-        packed = packed_nbytes(self)
-        ids = {id(b) for m in self.modules() if isinstance(m, (PackedLinear, PackedEmbedding))
-               for b in (m.packed, m.scales, m.zero_points) if b is not None}
-        other = sum(t.numel() * t.element_size() for t in
-                    list(self.parameters()) + list(self.buffers()) if id(t) not in ids)
-        return {"packed": packed, "float": other, "total": packed + other}
 
     # ---- generation ----------------------------------------------------------------------------
     def _check_token_ids(self, ids: Any, what: str) -> list[int]:
@@ -378,21 +476,23 @@ class RuntimeModel(SpikeGPT):
         return lm_perplexity(self, token_ids, ctx_len or self.config.ctx_len, batch_size,
                              stride, **kwargs)
 
-    def accuracy(self, batches: Iterable[tuple[Tensor, Tensor, Any]],
-                 **kwargs: Any) -> dict[str, Any]:
-        """:func:`qslm.eval.classification_accuracy` of this classifier over ``batches``
-        (``(ids, attention_mask, labels)``, e.g. :func:`qslm.eval.classification_batches`)."""
-        from qslm.eval import classification_accuracy
-
-        if not self.config.is_classifier:
-            raise ConfigError("accuracy needs a classifier; this is a language model")
-        kwargs.setdefault("progress", False)
-        return classification_accuracy(self, batches, **kwargs)
-
 
 # ================================================================================================
-# Loading and validation
+# Loading and validation (family-independent helpers, used by every runtime family)
 # ================================================================================================
+
+
+def _runtime_family(config: Mapping[str, Any] | None, where: str) -> str:
+    """The family of the stored config (:func:`qslm.quant.export.config_family`): SpikeGPT
+    (no ``family`` key, or ``"spikegpt"``) or ``"spike-driven-encoder"``."""
+    if config is None:
+        raise ArchitectureError(f"{where}: the packed model stores no model config; the runtime "
+                                "runs SpikeGPT and spike-driven encoder models exported with "
+                                "their config")
+    try:
+        return config_family(config)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{where}: {exc}; the runtime runs no other") from None
 
 
 def _spikegpt_config(config: Mapping[str, Any] | None, where: str) -> SpikeGPTConfig:
@@ -403,7 +503,7 @@ def _spikegpt_config(config: Mapping[str, Any] | None, where: str) -> SpikeGPTCo
         if key in config and str(config[key]).lower().replace("-", "") != "spikegpt":
             raise ArchitectureError(f"{where}: the packed model is a {config[key]!r} model "
                                     f"(config {key!r}); the runtime runs SpikeGPT")
-    d = {k: v for k, v in config.items() if k not in _ARCH_KEYS}
+    d = {k: v for k, v in config.items() if k not in _ARCH_KEYS and k != "family"}
     if "format_version" in d and d["format_version"] != CONFIG_FORMAT_VERSION:
         raise FormatVersionError(f"{where}: the stored SpikeGPT config has format_version "
                                  f"{d['format_version']!r}; this qslm reads "
@@ -457,24 +557,22 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
-                  check_codes: bool = True) -> RuntimeModel:
-    """A :class:`RuntimeModel` from an already read :class:`~qslm.quant.export.PackedModel`
-    (see the module docstring for every check). The packed tensors are shared, not copied."""
-    config = _spikegpt_config(pm.config, where)
-    with torch.device("meta"):
-        model = RuntimeModel(config)
-    leaves = quantizable_modules(model)
+def _resolve_packed(model: PackedRuntime, pm: PackedModel, where: str,
+                    check_codes: bool) -> dict[str, nn.Module]:
+    """Resolve the stored plan on the model's quantizable modules and check every packed
+    weight against it (kind, shape, exact spec; codes and parameters with ``check_codes``).
+    Returns the quantizable leaves (name → the model's module)."""
+    leaves = quantizable_modules(model)  # type: ignore[arg-type]
     try:
         specs = pm.plan.resolve(leaves, strict=True)
     except PlanError as exc:
-        raise ArchitectureError(f"{where}: the stored plan is not for this SpikeGPT: "
+        raise ArchitectureError(f"{where}: the stored plan is not for this {model.ARCH_NAME}: "
                                 f"{exc}") from None
     foreign = [n for n in pm.weights if n not in leaves]
     if foreign:
         raise ArchitectureError(f"{where}: packed module(s) {', '.join(map(repr, foreign[:5]))} "
-                                f"are not quantizable modules of a SpikeGPT (L={config.n_layer}, "
-                                f"C={config.n_embd}, V={config.vocab_size})")
+                                f"are not quantizable modules of a {model.ARCH_NAME} "
+                                f"({model.arch_summary()})")
     for name, spec in specs.items():
         pw = pm.weights.get(name)
         if spec is None:
@@ -493,16 +591,25 @@ def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
         _check_module(name, pw, leaves[name], where)
         if check_codes:
             _check_codes(pw, where)
+    return leaves
 
-    spike_in = set(model.spike_input_modules())
+
+def _swap_packed(model: PackedRuntime, pm: PackedModel, leaves: Mapping[str, nn.Module]) -> None:
+    """Every packed module becomes a :class:`PackedEmbedding` or a :class:`PackedLinear`
+    (``spike_input`` for the model's ``spike_input_modules()``: ``spike_matmul``)."""
+    spike_in = set(model.spike_input_modules())  # type: ignore[attr-defined]
     for name, pw in pm.weights.items():
         old = leaves[name]
         if isinstance(old, nn.Embedding):
             new: nn.Module = PackedEmbedding(pw)
         else:
             new = PackedLinear(pw, bias=old.bias is not None, spike_input=name in spike_in)
-        _swap(model, name, new)
+        _swap(model, name, new)  # type: ignore[arg-type]
 
+
+def _assign_tensors(model: nn.Module, pm: PackedModel, where: str) -> None:
+    """Assign every non-packed tensor from the file (strictly: missing, unexpected or misshapen
+    tensors are errors), floating ones as float32 copies (the model's own memory)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in pm.tensors]
     if missing:
@@ -525,7 +632,7 @@ def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
         elif ref.is_floating_point():
             raise PackedModelError(f"{where}: tensor {k!r} is {t.dtype}, expected floating point")
         else:
-            t = t.clone()
+            t = t.to(ref.dtype, copy=True)
         sd[k] = t
     model.load_state_dict(sd, strict=True, assign=True)
     for p in model.parameters():
@@ -534,21 +641,51 @@ def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
             if t.is_meta]
     if left:  # cannot happen after a strict load; a guard against a silent meta tensor
         raise PackedModelError(f"{where}: tensor(s) {', '.join(left[:5])} were not loaded")
+
+
+def build_packed_runtime(cls: Callable[[Any], Any], config: Any, pm: PackedModel, where: str,
+                         *, check_codes: bool = True) -> Any:
+    """The runtime model ``cls(config)`` (a :class:`PackedRuntime` of some family) of ``pm``:
+    built on the meta device, plan resolved and checked, quantized leaves swapped for packed
+    modules, the other tensors assigned strictly (steps 3–5 of the module docstring)."""
+    with torch.device("meta"):
+        model = cls(config)
+    leaves = _resolve_packed(model, pm, where, check_codes)
+    _swap_packed(model, pm, leaves)
+    _assign_tensors(model, pm, where)
     model.plan = pm.plan
     model.module_specs = {n: pw.spec for n, pw in pm.weights.items()}
     return model.eval()
 
 
-def load_runtime(path: str | os.PathLike[str], *, check_codes: bool = True) -> RuntimeModel:
-    """Load a packed model file (or a folder holding ``model.qslm.safetensors``) for the runtime.
+def build_runtime(pm: PackedModel, where: str = "<packed model>", *,
+                  check_codes: bool = True) -> RuntimeModel | SDTRuntime:
+    """The runtime model of an already read :class:`~qslm.quant.export.PackedModel`, of the
+    family its config names: a :class:`RuntimeModel` (SpikeGPT) or a
+    :class:`~qslm.runtime.sdt.SDTRuntime` (spike-driven encoder); see the module docstring for
+    every check. Packed codes and the other tensors are copied into the model's own memory."""
+    if _runtime_family(pm.config, where) == SDT_FAMILY:
+        from qslm.runtime.sdt import SDTRuntime, sdt_config
+
+        return build_packed_runtime(SDTRuntime, sdt_config(pm.config, where), pm, where,
+                                    check_codes=check_codes)
+    return build_packed_runtime(RuntimeModel, _spikegpt_config(pm.config, where), pm, where,
+                                check_codes=check_codes)
+
+
+def load_runtime(path: str | os.PathLike[str], *, check_codes: bool = True
+                 ) -> RuntimeModel | SDTRuntime:
+    """Load a packed model file (or a folder holding ``model.qslm.safetensors``) for the runtime:
+    a :class:`RuntimeModel` for a SpikeGPT, a :class:`~qslm.runtime.sdt.SDTRuntime` for a
+    spike-driven encoder (the family named by the stored config).
 
     Raises (all :class:`~qslm.errors.PackedModelError`, itself a ``ValueError``):
     ``PackedModelError`` for a missing, truncated or corrupt file, missing or unexpected tensors,
     or tensors whose shapes disagree with their spec; ``FormatVersionError`` (not a
     PackedModelError, a :class:`~qslm.errors.QslmError`) for another format version;
-    ``ArchitectureError`` for a config, plan or module of another architecture;
-    ``PackedCodeError`` for codes or parameters that do not fit the plan's bit widths
-    (``check_codes=False`` skips the scan of scales, zero points and padding bits).
+    ``ArchitectureError`` for a config (or an unknown model family), plan or module of another
+    architecture; ``PackedCodeError`` for codes or parameters that do not fit the plan's bit
+    widths (``check_codes=False`` skips the scan of scales, zero points and padding bits).
     """
     p = Path(path)
     if p.is_dir():
@@ -557,4 +694,3 @@ def load_runtime(path: str | os.PathLike[str], *, check_codes: bool = True) -> R
     model = build_runtime(pm, str(p), check_codes=check_codes)
     model.source = p
     return model
-

@@ -6,10 +6,12 @@ torch's GEMM), so their currents differ in the last bits. The LIF turns a curren
 a threshold: a current within rounding of the threshold may fire in one and not in the other,
 which then changes that token's residual stream by 1 — rare, but possible. Hence three criteria:
 
-* :data:`LOGIT_RTOL` — logits: for every position, ``max_v |Δ| ≤ LOGIT_RTOL · max_v |ref|``
-  (:func:`relative_logit_error` is the largest such ratio over all positions);
+* :data:`LOGIT_RTOL` — logits: for every position (a classifier's: every sequence),
+  ``max_v |Δ| ≤ LOGIT_RTOL · max_v |ref|`` (:func:`relative_logit_error` is the largest such
+  ratio over all positions);
 * :data:`SPIKE_AGREEMENT_MIN` — at least this fraction of all LIF outputs identical
-  (:func:`spike_agreement`, over every LIF and position);
+  (:func:`spike_agreement`, over every LIF — every spike tap of the encoder, valid tokens
+  only — and position);
 * :data:`METRIC_RTOL` — task metric (perplexity, accuracy) on the evaluation data within this
   relative difference; and greedy generations identical.
 """
@@ -64,29 +66,33 @@ def spike_agreement(recorder: Any, reference: Any) -> float:
 
 @torch.no_grad()
 def parity_report(runtime: nn.Module, reference: nn.Module, idx: Tensor,
-                  gen_tokens: int = 16) -> dict[str, Any]:
-    """Compare ``runtime`` with the fake-quant ``reference`` on token ids ``idx`` ``(B, T)``:
-    parallel-form and recurrent-form logits, spikes of the parallel form, and (language models)
+                  gen_tokens: int = 16, attention_mask: Tensor | None = None) -> dict[str, Any]:
+    """Compare ``runtime`` with the fake-quant ``reference`` on token ids ``idx`` ``(B, T)``
+    (and ``attention_mask`` ``(B, T)`` when given: a classifier's pads): parallel-form logits
+    and spikes, and — for models that have them — recurrent-form logits and (language models)
     greedy generation of ``gen_tokens`` tokens from ``idx[0]``.
 
-    Returns ``{"parallel_rel_err", "recurrent_rel_err", "spike_agreement",
-    "greedy_identical", "greedy": (runtime tokens, reference tokens), "ok"}``, and for a
-    :class:`~qslm.runtime.RuntimeModel` with its fused step on, ``"fused_rel_err"`` (the Rust
-    step engine's logits along ``idx[0]``); the runtime's greedy tokens come from its own
-    ``generate`` (the fused engine by default).
+    Returns ``{"parallel_rel_err", "spike_agreement", "ok"}``, plus ``"recurrent_rel_err"``
+    when both models have a recurrent form (``forward_recurrent``: SpikeGPT, not the
+    spike-driven encoder), ``"greedy_identical"`` and ``"greedy"`` (runtime tokens, reference
+    tokens) for a language model, and for a :class:`~qslm.runtime.RuntimeModel` with its fused
+    step on, ``"fused_rel_err"`` (the Rust step engine's logits along ``idx[0]``); the runtime's
+    greedy tokens come from its own ``generate`` (the fused engine by default).
     """
     from qslm.runtime.sampling import GREEDY, next_token
 
+    kw = {} if attention_mask is None else {"attention_mask": attention_mask}
     reference.eval()
     runtime.eval()
     with runtime.record_spikes(keep_spikes=True) as ra, \
             reference.record_spikes(keep_spikes=True) as rb:
-        la, lb = runtime(idx), reference(idx)
+        la, lb = runtime(idx, **kw), reference(idx, **kw)
     out: dict[str, Any] = {"parallel_rel_err": relative_logit_error(la, lb),
                            "spike_agreement": spike_agreement(ra, rb)}
-    out["recurrent_rel_err"] = relative_logit_error(runtime.forward_recurrent(idx),
-                                                    reference.forward_recurrent(idx))
-    if not runtime.config.is_classifier:
+    if hasattr(runtime, "forward_recurrent") and hasattr(reference, "forward_recurrent"):
+        out["recurrent_rel_err"] = relative_logit_error(
+            runtime.forward_recurrent(idx, **kw), reference.forward_recurrent(idx, **kw))
+    if not getattr(runtime.config, "is_classifier", False) and hasattr(reference, "step"):
         prompt = idx[0].tolist()
         state = reference.init_state(1)
         ref_logits = []
@@ -111,7 +117,8 @@ def parity_report(runtime: nn.Module, reference: nn.Module, idx: Tensor,
             st = engine.new_state()
             fused = torch.stack([torch.from_numpy(engine.step(t, st)) for t in prompt])
             out["fused_rel_err"] = relative_logit_error(fused, torch.stack(ref_logits))
-    out["ok"] = (out["parallel_rel_err"] <= LOGIT_RTOL and out["recurrent_rel_err"] <= LOGIT_RTOL
+    out["ok"] = (out["parallel_rel_err"] <= LOGIT_RTOL
+                 and out.get("recurrent_rel_err", 0.0) <= LOGIT_RTOL
                  and out.get("fused_rel_err", 0.0) <= LOGIT_RTOL
                  and out["spike_agreement"] >= SPIKE_AGREEMENT_MIN
                  and out.get("greedy_identical", True))

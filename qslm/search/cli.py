@@ -296,8 +296,13 @@ def _run(args: argparse.Namespace) -> int:
     elif resumed_cfg is None and out.exists() and any(out.iterdir()):
         raise SearchInputError(f"{out} exists and is not a search folder: choose another --out")
 
-    workload = (model.workload(per="sequence", seq_len=tasks.seq_len)
-                if getattr(model.config, "is_classifier", False) else model.workload())
+    # The cost model's workload at the fp32 model's firing rates, measured on the calibration
+    # data (they set the events of layers whose inputs are spikes).
+    with torch.no_grad(), model.record_spikes() as rec:
+        tasks.calibration.metric(model)
+    rates = rec.block_rates()
+    workload = (model.workload(rates, per="sequence", seq_len=tasks.seq_len)
+                if getattr(model.config, "is_classifier", False) else model.workload(rates))
     cost, cost_order = space.cost_model(workload, device)
 
     # ---- from here on, work is kept in `out` --------------------------------------------------

@@ -295,8 +295,8 @@ def render_markdown(r: dict[str, Any], o: SearchOutcome) -> str:
               f"data: {o.show_metric(rt['packed_metric'])} vs {o.show_metric(rt['fake_quant_metric'])}"
               f" with fake-quant (relative difference {rt['relative_difference']:.2e}; tolerance "
               f"{rt['tolerance']:g}: {'ok' if rt['within_tolerance'] else 'EXCEEDED'})",
-              f"- mean firing rate of the LIF neurons: {mean_rate:.4f} quantized vs {fp_mean:.4f} "
-              "fp32 (per neuron in report.json)",
+              f"- mean firing rate of the spike taps (LIF layers; an encoder's attention gates): "
+              f"{mean_rate:.4f} quantized vs {fp_mean:.4f} fp32 (per tap in report.json)",
               f"- energy with the paper's idealized spike accounting at these measured rates: "
               f"{format_energy(rt['idealized_spike_energy']['plan_energy_j'])} vs "
               f"{format_energy(rt['idealized_spike_energy']['fp32_energy_j'])} fp32 per {r['per']}"]
