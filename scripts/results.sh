@@ -18,4 +18,11 @@ for model in spikegpt-mini-wt2 spikegpt-mini-sst2; do
     done
   done
 done
+# The spike-driven encoder (issue 7): neuromorphic and edge-npu, tiered.
+for hw in neuromorphic edge-npu; do
+  d="$OUT/sdt-mini-sst2-$hw-tiered"
+  python -m qslm.search --hw "$hw" --model sdt-mini-sst2 --task sst2 --max-acc-drop 1 --out "$d" \
+    --cache-dir "$OUT/cache" --no-progress || [ $? -eq 2 ]
+  dirs+=("$d")
+done
 python -m qslm.search.results "${dirs[@]}" | tee "$OUT/table.md"

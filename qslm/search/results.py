@@ -35,7 +35,8 @@ def _search_perf(r: dict[str, Any], entry: dict[str, Any] | None) -> str:
     if r["task"]["metric"] == "nll":
         return f"{math.exp(m):.2f} (+{100 * (math.exp(entry['degradation']) - 1):.2f} %)"
     if r["task"]["metric"] == "accuracy":
-        return f"{100 * m:.2f} % (−{100 * entry['degradation']:.2f})"
+        drop = 100 * entry["degradation"]  # accuracy points lost; negative: gained
+        return f"{100 * m:.2f} % ({'−' if drop >= 0 else '+'}{abs(drop):.2f})"
     return f"{m:.4f}"
 
 
