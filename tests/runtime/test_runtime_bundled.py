@@ -114,3 +114,35 @@ def test_bundled_classifier_accuracy(tmp_path):
         la, lb = rt(ids, attention_mask=mask), fq(ids, attention_mask=mask)
     assert torch.equal(la.argmax(-1), lb.argmax(-1))
     assert float((la - lb).abs().max() / lb.abs().max()) <= LOGIT_RTOL
+
+
+@pytest.mark.skipif("sdt-mini-sst2" not in bundled_names(), reason="bundle missing")
+def test_bundled_spike_driven_encoder_accuracy(tmp_path):
+    """The spike-driven encoder at its searched plan (benches/plans): every block linear on
+    spike_matmul, accuracy identical to fake-quant, logits within the parity tolerance."""
+    from pathlib import Path
+
+    from qslm.runtime import SDTRuntime
+
+    plan = QuantPlan.load(Path(__file__).resolve().parents[2] / "benches" / "plans"
+                          / "sdt-mini-sst2.edge-npu.plan.json")
+    rt, fq, tok = _pair(tmp_path, "sdt-mini-sst2", plan)
+    assert isinstance(rt, SDTRuntime)
+    try:
+        from qslm.data.datasets import load_sst2
+
+        rows = load_sst2("dev", download=False)[:96]
+    except DataNotFoundError:
+        rows = FALLBACK_SENTENCES
+    examples = [(encode(tok, s) or [0], y) for s, y in rows]
+    ctx = rt.config.ctx_len
+    a = rt.accuracy(classification_batches(examples, 32, max_len=ctx))
+    b = classification_accuracy(fq, classification_batches(examples, 32, max_len=ctx),
+                                progress=False)
+    assert a["n"] == b["n"] == len(rows)
+    assert abs(a["accuracy"] - b["accuracy"]) <= METRIC_RTOL * max(b["accuracy"], 1e-9)
+    ids, mask, _ = next(classification_batches(examples, 32, max_len=ctx))
+    r = parity_report(rt, fq, ids, attention_mask=mask)
+    assert r["parallel_rel_err"] <= LOGIT_RTOL, r
+    assert r["spike_agreement"] >= SPIKE_AGREEMENT_MIN, r
+    assert 0 < min(rt.firing_rates().values())
