@@ -52,6 +52,9 @@ def test_main_thread_runs_during_kernel(make):
     call()  # warm up (thread pool, page faults)
     ticks, elapsed = _progress_during(call)
     # Holding the GIL for the whole call would leave the main thread a handful of ticks at most
-    # (before the call starts and after it ends); released, it spins freely for the whole call.
+    # (before the call starts and after it ends); released, it runs throughout the call — though
+    # on a 2-core machine it shares the cores with the kernel's own threads, so it gets only
+    # scheduler slices (~200 ticks in 19 ms seen there): the bound is well above "a handful"
+    # and well below what a free-running thread gets.
     assert elapsed > 0.005, "the call is too short to tell"
-    assert ticks > 200, f"main thread ran only {ticks} times during a {elapsed * 1e3:.1f} ms kernel call"
+    assert ticks > 50, f"main thread ran only {ticks} times during a {elapsed * 1e3:.1f} ms kernel call"
