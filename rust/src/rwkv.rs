@@ -56,8 +56,8 @@ impl<'a> Weight<'a> {
     /// `W · x` for one input vector.
     fn matvec(&self, x: &[f32]) -> Vec<f32> {
         match self {
-            // Shapes were validated when the engine was built, so this cannot fail.
-            Weight::Packed(q) => lowbit_matmul(x, 1, q).unwrap_or_else(|_| vec![0.0; q.n]),
+            // Shapes were validated when the engine was built: an error here is a bug, not input.
+            Weight::Packed(q) => lowbit_matmul(x, 1, q).expect("shapes validated by Engine::validate"),
             Weight::Dense { w, n, k } => dense_matvec(w, *n, *k, x),
         }
     }

@@ -92,10 +92,10 @@ def test_bundled_lm_generations_and_perplexity(tmp_path):
     assert 0 < min(rt.firing_rates().values())
 
 
-@pytest.mark.skipif("spikegpt-mini-sst2" not in bundled_names(), reason="bundle missing")
-def test_bundled_classifier_accuracy(tmp_path):
-    rt, fq, tok = _pair(tmp_path, "spikegpt-mini-sst2", QuantPlan({}, QuantSpec(4, False,
-                                                                            group_size=64)))
+def _classifier_accuracy_parity(tmp_path, name, plan):
+    """Runtime vs fake-quant accuracy on SST-2 dev (first 96 sentences, else a fixed set);
+    returns (runtime, fake-quant model, first batch ids, its mask)."""
+    rt, fq, tok = _pair(tmp_path, name, plan)
     try:
         from qslm.data.datasets import load_sst2
 
@@ -110,6 +110,13 @@ def test_bundled_classifier_accuracy(tmp_path):
     assert a["n"] == b["n"] == len(rows)
     assert abs(a["accuracy"] - b["accuracy"]) <= METRIC_RTOL * max(b["accuracy"], 1e-9)
     ids, mask, _ = next(classification_batches(examples, 32, max_len=ctx))
+    return rt, fq, ids, mask
+
+
+@pytest.mark.skipif("spikegpt-mini-sst2" not in bundled_names(), reason="bundle missing")
+def test_bundled_classifier_accuracy(tmp_path):
+    rt, fq, ids, mask = _classifier_accuracy_parity(
+        tmp_path, "spikegpt-mini-sst2", QuantPlan({}, QuantSpec(4, False, group_size=64)))
     with torch.no_grad():
         la, lb = rt(ids, attention_mask=mask), fq(ids, attention_mask=mask)
     assert torch.equal(la.argmax(-1), lb.argmax(-1))
@@ -126,22 +133,8 @@ def test_bundled_spike_driven_encoder_accuracy(tmp_path):
 
     plan = QuantPlan.load(Path(__file__).resolve().parents[2] / "benches" / "plans"
                           / "sdt-mini-sst2.edge-npu.plan.json")
-    rt, fq, tok = _pair(tmp_path, "sdt-mini-sst2", plan)
+    rt, fq, ids, mask = _classifier_accuracy_parity(tmp_path, "sdt-mini-sst2", plan)
     assert isinstance(rt, SDTRuntime)
-    try:
-        from qslm.data.datasets import load_sst2
-
-        rows = load_sst2("dev", download=False)[:96]
-    except DataNotFoundError:
-        rows = FALLBACK_SENTENCES
-    examples = [(encode(tok, s) or [0], y) for s, y in rows]
-    ctx = rt.config.ctx_len
-    a = rt.accuracy(classification_batches(examples, 32, max_len=ctx))
-    b = classification_accuracy(fq, classification_batches(examples, 32, max_len=ctx),
-                                progress=False)
-    assert a["n"] == b["n"] == len(rows)
-    assert abs(a["accuracy"] - b["accuracy"]) <= METRIC_RTOL * max(b["accuracy"], 1e-9)
-    ids, mask, _ = next(classification_batches(examples, 32, max_len=ctx))
     r = parity_report(rt, fq, ids, attention_mask=mask)
     assert r["parallel_rel_err"] <= LOGIT_RTOL, r
     assert r["spike_agreement"] >= SPIKE_AGREEMENT_MIN, r
