@@ -42,11 +42,20 @@ def _random_table(space: SearchSpace, seed: int = 0) -> SensitivityTable:
     return SensitivityTable("lm-nll", False, 4.0, specs, blocks, mods, bl)
 
 
+class _ConstantTask:
+    """An evaluation task of constant metric: scoring plans never evaluates one."""
+
+    name, higher_is_better = "constant", False
+
+    def metric(self, model) -> float:
+        return 4.0
+
+
 def test_score_plans(benchmark) -> None:
     model = load("spikegpt-mini-wt2").eval()
     space = SearchSpace.from_hierarchy(build_hierarchy(model), BITS, symmetric=False)
     cost, order = space.cost_model(model.workload(), "edge-npu")
-    evaluator = Evaluator(model, lambda m: 4.0, False, space, None)  # scoring never evaluates
+    evaluator = Evaluator(model, _ConstantTask(), space, None)  # scoring never evaluates
     ctx = SearchContext(space, Predictor(_random_table(space), space, same_units=True), cost,
                         order, evaluator, PerformanceFloor("ppl-increase", 0.05),
                         MemoryBudget("fit"))

@@ -29,9 +29,9 @@ Every evaluation is an independent, picklable :class:`Measurement` ``(kind, name
 spec)`` — the baseline, one module, or one block — that :func:`evaluate_measurement` turns into
 a metric value given ``(model, task)``: apply that measurement's fake-quant plan, evaluate, restore
 (the weights come back bit for bit), under a fixed RNG seed that leaves the caller's RNG state
-alone. :func:`run_measurements` is the in-process loop over them; another *runner* with the same
-signature (a process pool, Ray) can take its place in :func:`measure_sensitivity`, which needs
-only its results, in any order, as they complete.
+alone. :func:`measure_sensitivity` hands them, as jobs (key and plan), to an executor
+(:mod:`qslm.executor`: in-process, a local process pool or Ray) and needs only their results, in
+any order, as they complete.
 
 The cache
 ---------
@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +88,15 @@ from qslm.hierarchy import Hierarchy, build_hierarchy
 from qslm.quant import QuantPlan, QuantSpec, apply_fake_quant, quantizable_modules
 from qslm._io import atomic_write_bytes
 
+if TYPE_CHECKING:
+    from qslm.executor import Executor
+
 __all__ = [
     "FORMAT_VERSION",
     "ClassificationTask",
     "LMCalibrationTask",
     "Measurement",
     "MeasurementResult",
-    "Runner",
     "SensitivityCache",
     "SensitivityCacheWarning",
     "SensitivityTable",
@@ -102,10 +104,10 @@ __all__ = [
     "data_fingerprint",
     "degradation",
     "evaluate_measurement",
+    "evaluate_plan",
     "measure_sensitivity",
     "model_fingerprint",
     "plan_measurements",
-    "run_measurements",
 ]
 
 FORMAT_VERSION = 1  # of the cache files and of SensitivityTable.to_dict()
@@ -124,7 +126,7 @@ class SensitivityCacheWarning(UserWarning):
 
 @runtime_checkable
 class Task(Protocol):
-    """What a sensitivity measurement evaluates. Implementations must be picklable (runners ship
+    """What a sensitivity measurement evaluates. Implementations must be picklable (executors ship
     them to workers) and deterministic given the model."""
 
     name: str  # short identifier, e.g. "lm-nll", "classification-accuracy"
@@ -487,31 +489,23 @@ def _seeded(model: nn.Module, seed: int) -> Iterator[None]:
         yield
 
 
+def evaluate_plan(model: nn.Module, task: Task, plan: QuantPlan, seed: int = SEED) -> float:
+    """``task.metric(model)`` with ``plan`` applied as fake-quant (an empty plan: the model as
+    it is), under a fixed RNG seed that leaves the caller's RNG state alone; the weights are
+    restored bit for bit afterwards, also when the task raises. A pure function of
+    ``(model, task, plan)``: what every executor (:mod:`qslm.executor`) runs."""
+    with _seeded(model, seed):
+        if not plan.entries and plan.default is None:
+            return float(task.metric(model))
+        with apply_fake_quant(model, plan):
+            return float(task.metric(model))
+
+
 def evaluate_measurement(model: nn.Module, task: Task, measurement: Measurement,
                          seed: int = SEED) -> float:
-    """``task.metric(model)`` with only ``measurement``'s modules fake-quantized (none for the
-    baseline), under a fixed RNG seed; the weights are restored bit for bit afterwards, also when
-    the task raises. A pure function of ``(model, task, measurement)``: what a runner calls in
-    its workers."""
-    with _seeded(model, seed):
-        if measurement.kind == "baseline":
-            return float(task.metric(model))
-        with apply_fake_quant(model, measurement.plan()):
-            return float(task.metric(model))
-
-
-# A runner evaluates measurements and yields their results, in any order, as each completes.
-Runner = Callable[[nn.Module, Task, Sequence[Measurement]], Iterable[MeasurementResult]]
-
-
-def run_measurements(model: nn.Module, task: Task, measurements: Sequence[Measurement], *,
-                     progress: bool = True) -> Iterator[MeasurementResult]:
-    """The in-process runner: evaluate ``measurements`` one after the other (a tqdm bar unless
-    ``progress=False``), yielding each result as soon as it is known."""
-    for m in tqdm(measurements, desc="sensitivity", unit="eval", disable=not progress):
-        t0 = time.perf_counter()
-        value = evaluate_measurement(model, task, m)
-        yield MeasurementResult(m, value, time.perf_counter() - t0)
+    """:func:`evaluate_plan` of ``measurement``'s plan (only its modules quantized; none for
+    the baseline)."""
+    return evaluate_plan(model, task, measurement.plan(), seed)
 
 
 def plan_measurements(hierarchy: Hierarchy, specs: Sequence[QuantSpec], *,
@@ -780,21 +774,27 @@ def measure_sensitivity(model: nn.Module, task: Task, specs: Sequence[QuantSpec]
                         hierarchy: Hierarchy | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, *,
                         blocks: bool = True, progress: bool = True,
-                        runner: Runner | None = None) -> SensitivityTable:
+                        executor: Executor | None = None) -> SensitivityTable:
     """Sensitivity of every module of ``hierarchy`` (default: :func:`build_hierarchy`) at every
     spec of ``specs``, block sensitivities (``blocks``), and the baseline, on ``task``.
 
     Results come from, and go to, the cache under ``cache_dir`` (None: no disk cache); only the
-    missing measurements are evaluated, each appended to the cache as soon as it is known. The
-    evaluation loop is ``runner`` (default :func:`run_measurements`, in-process). The model is
-    left exactly as it was (checked: its fingerprint after the run must equal the one before).
+    missing measurements are evaluated, each appended to the cache as soon as it is known. They
+    run on ``executor`` (default: in-process; :mod:`qslm.executor` for worker processes and
+    Ray), in any order. The model is left exactly as it was (checked: its fingerprint after the
+    run must equal the one before).
     """
+    from qslm.executor import Executor, InProcessExecutor, Job
+
     if not isinstance(model, nn.Module):
         raise SensitivityError(f"model must be a torch nn.Module, got {type(model).__name__}")
     if not isinstance(task, Task):
         raise SensitivityError(f"task must implement qslm.sensitivity.Task (name, "
                                f"higher_is_better, metric(), fingerprint()), got "
                                f"{type(task).__name__}")
+    if executor is not None and not isinstance(executor, Executor):
+        raise SensitivityError(f"executor must be a qslm.executor.Executor, got "
+                               f"{type(executor).__name__}")
     spec_list = _check_specs(specs)
     hierarchy = build_hierarchy(model) if hierarchy is None else hierarchy
     if not isinstance(hierarchy, Hierarchy):
@@ -810,26 +810,31 @@ def measure_sensitivity(model: nn.Module, task: Task, specs: Sequence[QuantSpec]
     cache = SensitivityCache(cache_dir, model_fp, task_fp, _task_info(task))
     done = cache.load()
     wanted = plan_measurements(hierarchy, spec_list, blocks=blocks)
-    pending = [m for m in wanted if m.key() not in done]
+    pending = {m.key(): m for m in wanted if m.key() not in done}
 
     n_eval = 0
     if pending:
-        run = runner if runner is not None else (
-            lambda mdl, tsk, ms: run_measurements(mdl, tsk, ms, progress=progress))
-        wanted_keys = {m.key() for m in pending}
-        for result in run(model, task, pending):
-            if result.measurement.key() not in wanted_keys:
-                raise SensitivityError(f"the runner returned a result for a measurement it was "
-                                       f"not given: {result.measurement}")
-            cache.append(result)
-            n_eval += 1
-        lost = [m for m in pending if m.key() not in done]
+        executor = executor if executor is not None else InProcessExecutor()
+        jobs = [Job.of(k, m.plan()) for k, m in pending.items()]
+        bar = tqdm(total=len(jobs), desc="sensitivity", unit="eval", disable=not progress)
+        try:
+            for r in executor.run(model, task, jobs):
+                m = pending.get(r.key)
+                if m is None or m.key() in done:
+                    raise SensitivityError(f"the executor returned a result for a measurement "
+                                           f"it was not given (or twice): {r.key}")
+                cache.append(MeasurementResult(m, r.metric, r.seconds))
+                n_eval += 1
+                bar.update()
+        finally:
+            bar.close()
+        lost = [m for k, m in pending.items() if k not in done]
         if lost:
-            raise SensitivityError(f"the runner returned no result for {len(lost)} "
+            raise SensitivityError(f"the executor returned no result for {len(lost)} "
                                    f"measurement(s), e.g. {lost[0]}")
         if model_fingerprint(model) != model_fp:
             raise SensitivityError("the model's weights changed during the sensitivity "
-                                   "measurements (a runner that does not restore them?)")
+                                   "measurements (an executor that does not restore them?)")
 
     base = done[Measurement.baseline().key()].metric
     module_metrics: dict[tuple[str, QuantSpec], float] = {}

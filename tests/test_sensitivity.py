@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from qslm.errors import PlanError, SensitivityCacheError, SensitivityError
+from qslm.executor import InProcessExecutor
 from qslm.hierarchy import Hierarchy, build_hierarchy
 from qslm.models import SpikeGPT, SpikeGPTConfig
 from qslm.quant import QuantPlan, QuantSpec, apply_fake_quant
@@ -31,7 +32,6 @@ from qslm.sensitivity import (
     measure_sensitivity,
     model_fingerprint,
     plan_measurements,
-    run_measurements,
 )
 
 W2 = QuantSpec(2)
@@ -296,14 +296,16 @@ def test_interrupted_run_resumes_with_nothing_lost(tmp_path):
     model, task = tiny_lm(), CountingTask(lm_task())
     before = state(model)
 
-    def stops_after_5(mdl, tsk, ms):
-        for i, result in enumerate(run_measurements(mdl, tsk, ms, progress=False)):
-            if i == 5:
-                raise KeyboardInterrupt
-            yield result
+    class StopsAfter5(InProcessExecutor):
+        def run(self, mdl, tsk, jobs):
+            for i, result in enumerate(super().run(mdl, tsk, jobs)):
+                if i == 5:
+                    raise KeyboardInterrupt
+                yield result
 
     with pytest.raises(KeyboardInterrupt):
-        measure_sensitivity(model, task, SPECS, cache_dir=tmp_path, runner=stops_after_5)
+        measure_sensitivity(model, task, SPECS, cache_dir=tmp_path, executor=StopsAfter5(),
+                            progress=False)
     assert task.calls == 6  # the sixth was measured but not delivered
     assert_bit_identical(before, state(model))
 

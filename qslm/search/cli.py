@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-evals", type=int, default=40, metavar="N",
                    help="budget of full evaluations (default 40)")
     s.add_argument("--seed", type=int, default=0)
+    x = p.add_argument_group("execution (where the sensitivity measurements and the plan "
+                             "evaluations run; docs/scaling.md)")
+    x.add_argument("--executor", choices=("inproc", "pool", "ray"), default="inproc",
+                   help="inproc: in this process (default); pool: local worker processes; ray: "
+                   "tasks on a Ray cluster (pip install -e '.[ray]')")
+    x.add_argument("--workers", type=int, metavar="N", help="evaluations at once (pool: "
+                   "default 2; ray: default the cluster's CPUs, or GPUs with --gpus-per-worker)")
+    x.add_argument("--ray-address", metavar="auto|HOST:PORT", help="an existing Ray cluster "
+                   "(default: start a private local one with --workers CPUs)")
+    x.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs each Ray task requests (its worker evaluates on CUDA)")
+    x.add_argument("--worker-threads", type=int, default=1, metavar="N",
+                   help="torch threads per worker (default 1)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default runs/<model>-<hw>-"
                    "<strategy>; an existing search of the same configuration is resumed)")
@@ -167,13 +180,21 @@ def _floor(args: argparse.Namespace, task: str) -> PerformanceFloor:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("calib_samples", "eval_samples", "max_evals", "threads"):
+    for name in ("calib_samples", "eval_samples", "max_evals", "threads", "workers",
+                 "worker_threads"):
         v = getattr(args, name)
         low = 0 if name == "eval_samples" else 1
         if v is not None and v < low:
             raise SearchInputError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     if not 0.0 <= args.alpha <= 1.0 or math.isnan(args.alpha):
         raise SearchInputError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if not args.gpus_per_worker >= 0:
+        raise SearchInputError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
+    if args.executor != "ray" and (args.ray_address or args.gpus_per_worker):
+        raise SearchInputError("--ray-address and --gpus-per-worker need --executor ray")
+    if args.executor == "inproc" and args.workers not in (None, 1):
+        raise SearchInputError("--workers needs --executor pool or ray (the in-process "
+                               "executor runs one evaluation at a time)")
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise SearchInputError("--out and --resume name different folders: --resume DIR "
                                "continues the search in DIR")
@@ -305,60 +326,70 @@ def _run(args: argparse.Namespace) -> int:
                 if getattr(model.config, "is_classifier", False) else model.workload(rates))
     cost, cost_order = space.cost_model(workload, device)
 
-    # ---- from here on, work is kept in `out` --------------------------------------------------
-    from qslm._io import atomic_write_text
-
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg_path.is_file():
-        atomic_write_text(cfg_path, json.dumps(config, indent=1) + "\n")
-
+    from qslm.executor import make_executor  # before any output: a bad --ray-address writes nothing
     from qslm.search.core import Evaluator, Predictor, SearchContext, ilp_search, tiered_search
     from qslm.sensitivity import measure_sensitivity
 
-    cache_dir = Path(args.cache_dir) if args.cache_dir else \
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qslm" / "sensitivity"
-    _say(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-         f"{space.n_modules} quantizable modules in {len(space.blocks)} blocks; device "
-         f"{device.name}; task {task}; floor: {floor.describe()}; budget: {budget.describe()}")
-    t0 = time.perf_counter()
-    specs = [space.spec(b) for b in space.bits]
-    table = measure_sensitivity(model, tasks.calibration, specs, hierarchy, cache_dir,
-                                progress=progress)
-    t_sens = time.perf_counter() - t0
-    _say(f"sensitivity: {len(table.module_metrics)} module and {len(table.block_metrics)} block "
-         f"measurements ({table.n_evaluations} evaluated, {table.n_cached} from the cache) in "
-         f"{t_sens:.1f} s")
+    executor = make_executor(args.executor, workers=args.workers, ray_address=args.ray_address,
+                             threads_per_worker=args.worker_threads,
+                             gpus_per_worker=args.gpus_per_worker)
+    try:
+        # ---- from here on, work is kept in `out` ----------------------------------------------
+        from qslm._io import atomic_write_text
 
-    t0 = time.perf_counter()
-    predictor = Predictor(table, space, same_units=tasks.same_units)
-    evaluator = Evaluator(model, tasks.evaluation.metric, tasks.evaluation.higher_is_better,
-                          space, out / "evals.jsonl")
-    if evaluator.n_reused:
-        _say(f"evals.jsonl: {len(evaluator._done)} earlier evaluations available")
-    ctx = SearchContext(space, predictor, cost, cost_order, evaluator, floor, budget,
-                        alpha=args.alpha, max_evals=args.max_evals,
-                        progress=_say)
-    result = (tiered_search if args.strategy == "tiered" else ilp_search)(ctx)
-    t_search = time.perf_counter() - t0
-    chosen = ctx.best()
-    feasible = chosen is not None
-    if chosen is None:
-        chosen = ctx.closest()
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg_path.is_file():
+            atomic_write_text(cfg_path, json.dumps(config, indent=1) + "\n")
 
-    from qslm.search.report import SearchOutcome, write_outputs
+        cache_dir = Path(args.cache_dir) if args.cache_dir else Path(
+            os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qslm" / "sensitivity"
+        _say(f"model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"{space.n_modules} quantizable modules in {len(space.blocks)} blocks; device "
+             f"{device.name}; task {task}; floor: {floor.describe()}; budget: "
+             f"{budget.describe()}")
+        if executor.kind != "inproc":
+            _say(f"executor {executor.kind}: {executor.workers} worker(s)")
+        t0 = time.perf_counter()
+        specs = [space.spec(b) for b in space.bits]
+        table = measure_sensitivity(model, tasks.calibration, specs, hierarchy, cache_dir,
+                                    progress=progress, executor=executor)
+        t_sens = time.perf_counter() - t0
+        _say(f"sensitivity: {len(table.module_metrics)} module and {len(table.block_metrics)} "
+             f"block measurements ({table.n_evaluations} evaluated, {table.n_cached} from the "
+             f"cache) in {t_sens:.1f} s")
 
-    outcome = SearchOutcome(
-        args=vars(args), config=config, model=model, model_name=args.model, device=device,
-        tasks=tasks, floor=floor, budget=budget, space=space, table=table, ctx=ctx,
-        result=result, chosen=chosen, feasible=feasible, notice=notice,
-        timings={"sensitivity_s": t_sens, "search_s": t_search}, t_start=t_start,
-        tokenizer_path=tok_path if task != "fidelity" else None)
-    write_outputs(outcome, out, final_eval=not args.no_final_eval, export=not args.no_export,
-                  plots=not args.no_plots, say=_say)
-    print(outcome.summary_table())
-    if not feasible:
-        return _fail(outcome.infeasible_message())
-    return 0
+        t0 = time.perf_counter()
+        predictor = Predictor(table, space, same_units=tasks.same_units)
+        evaluator = Evaluator(model, tasks.evaluation, space, out / "evals.jsonl",
+                              executor=executor)
+        if evaluator.n_available:
+            _say(f"evals.jsonl: {evaluator.n_available} earlier evaluations available")
+        ctx = SearchContext(space, predictor, cost, cost_order, evaluator, floor, budget,
+                            alpha=args.alpha, max_evals=args.max_evals,
+                            progress=_say)
+        result = (tiered_search if args.strategy == "tiered" else ilp_search)(ctx)
+        t_search = time.perf_counter() - t0
+        chosen = ctx.best()
+        feasible = chosen is not None
+        if chosen is None:
+            chosen = ctx.closest()
+
+        from qslm.search.report import SearchOutcome, write_outputs
+
+        outcome = SearchOutcome(
+            args=vars(args), config=config, model=model, model_name=args.model, device=device,
+            tasks=tasks, floor=floor, budget=budget, space=space, table=table, ctx=ctx,
+            result=result, chosen=chosen, feasible=feasible, notice=notice,
+            timings={"sensitivity_s": t_sens, "search_s": t_search}, t_start=t_start,
+            tokenizer_path=tok_path if task != "fidelity" else None)
+        write_outputs(outcome, out, final_eval=not args.no_final_eval,
+                      export=not args.no_export, plots=not args.no_plots, say=_say)
+        print(outcome.summary_table())
+        if not feasible:
+            return _fail(outcome.infeasible_message())
+        return 0
+    finally:
+        executor.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,6 +62,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ from torch import nn
 
 from qslm.errors import QslmError, SensitivityError
 from qslm.hierarchy import Hierarchy
-from qslm.quant import QuantPlan, QuantSpec, apply_fake_quant
+from qslm.quant import QuantPlan, QuantSpec
 from qslm.search.constraints import MemoryBudget, PerformanceFloor, relative_performance
 from qslm.sensitivity import SensitivityTable, degradation
 
@@ -295,35 +296,48 @@ class EvalRecord:
     seconds: float
     cached: bool = False  # read from evals.jsonl of an earlier (interrupted) run
 
-    def to_record(self, space: SearchSpace) -> dict[str, Any]:
-        return {"format_version": EVALS_FORMAT_VERSION, "key": self.key,
-                "bits": space.bits_dict(self.bits), "metric": self.metric, "tier": self.tier,
-                "predicted": self.predicted, "seconds": round(self.seconds, 4)}
-
 
 class Evaluator:
     """Full evaluations of bit vectors, appended to ``evals.jsonl`` and reused from it.
 
-    ``metric_fn(model) -> float`` is the evaluation task's metric; ``higher_is_better`` its
-    direction. The fp32 baseline is evaluated (or read) at construction.
+    ``task`` is the evaluation task (a :class:`~qslm.sensitivity.Task`: its metric, its
+    direction); evaluations run on ``executor`` (default in-process; see :mod:`qslm.executor`).
+    The fp32 baseline is evaluated (or read) at construction.
+
+    :meth:`evaluate` *commits* a plan to the search (it counts against the budget and feeds the
+    predictor, in the order the strategy asks). :meth:`prefetch` evaluates several plans at once
+    on the executor's workers — the ones a strategy may ask for next — without committing them:
+    each result is logged to ``evals.jsonl`` as it arrives (never computed twice, also across
+    an interruption) and committed only if the strategy asks for it. So the search takes the
+    same decisions, in the same order, whatever the number of workers.
     """
 
-    def __init__(self, model: nn.Module, metric_fn: Callable[[nn.Module], float],
-                 higher_is_better: bool, space: SearchSpace, log_path: Path | None, *,
+    def __init__(self, model: nn.Module, task: Any, space: SearchSpace, log_path: Path | None,
+                 *, executor: Any = None,
                  on_eval: Callable[[EvalRecord], None] | None = None) -> None:
+        from qslm.executor import InProcessExecutor
+
+        if not callable(getattr(task, "metric", None)) or \
+                not isinstance(getattr(task, "higher_is_better", None), bool):
+            raise SearchError(f"the evaluation task must be a qslm.sensitivity.Task (metric(), "
+                              f"higher_is_better), got {type(task).__name__}")
         self.model = model
-        self.metric_fn = metric_fn
-        self.higher_is_better = higher_is_better
+        self.task = task
+        self.higher_is_better = task.higher_is_better
         self.space = space
         self.log_path = log_path
+        self.executor = executor if executor is not None else InProcessExecutor()
         self.on_eval = on_eval
-        self._done: dict[str, tuple[float, float]] = {}  # key → (metric, seconds) from the file
+        self._done: dict[str, tuple[float, float]] = {}  # key → (metric, seconds), logged
+        self._fresh: set[str] = set()  # keys of _done evaluated by this run (not read back)
         self.records: dict[str, EvalRecord] = {}  # this run's, in order of first use
         self.n_new = 0
         self.n_reused = 0
+        self.n_prefetched = 0  # evaluated ahead of being asked for (parallel executors)
         self.seconds = 0.0
         if log_path is not None and log_path.exists():
             self._load()
+        self.n_available = len(self._done)  # earlier evaluations read from evals.jsonl
         fp = self.evaluate(space.uniform(KEEP), "baseline", None)
         self.baseline = fp.metric
 
@@ -384,24 +398,56 @@ class Evaluator:
     def degradation(self, metric: float) -> float:
         return degradation(self.higher_is_better, self.baseline, metric)
 
+    def known(self, bits: np.ndarray) -> float | None:
+        """The metric of ``bits`` if it is already evaluated (committed, prefetched or read
+        from evals.jsonl), else None."""
+        key = self.space.key(bits)
+        if key in self.records:
+            return self.records[key].metric
+        done = self._done.get(key)
+        return None if done is None else done[0]
+
+    def prefetch(self, candidates: Sequence[np.ndarray], tier: str,
+                 predicted: Sequence[float | None] | None = None) -> int:
+        """Evaluate the candidates not known yet, all at once on the executor; each result is
+        appended to evals.jsonl as it arrives, and committed later by :meth:`evaluate` if the
+        strategy asks for it. Returns how many were evaluated."""
+        from qslm.executor import Job
+
+        predicted = list(predicted) if predicted is not None else [None] * len(candidates)
+        todo: dict[str, tuple[np.ndarray, float | None]] = {}
+        for bits, pred in zip(candidates, predicted):
+            bits = np.asarray(bits, dtype=np.int64)
+            key = self.space.key(bits)
+            if key not in self.records and key not in self._done and key not in todo:
+                todo[key] = (bits, pred)
+        if not todo:
+            return 0
+        jobs = [Job.of(k, self.space.plan(b)) for k, (b, _) in todo.items()]
+        for r in self.executor.run(self.model, self.task, jobs):
+            bits, pred = todo[r.key]
+            self._done[r.key] = (r.metric, r.seconds)
+            self._fresh.add(r.key)
+            if self.log_path is not None:
+                self._append({"format_version": EVALS_FORMAT_VERSION, "key": r.key,
+                              "bits": self.space.bits_dict(bits), "metric": r.metric,
+                              "tier": tier, "predicted": pred, "seconds": round(r.seconds, 4)})
+        return len(todo)
+
     def evaluate(self, bits: np.ndarray, tier: str, predicted: float | None) -> EvalRecord:
         bits = np.asarray(bits, dtype=np.int64)
         key = self.space.key(bits)
         if key in self.records:
             return self.records[key]
-        if key in self._done:
-            metric, secs = self._done[key]
-            cached = True
+        if key not in self._done:
+            self.prefetch([bits], tier, [predicted])
+        else:
+            self.n_prefetched += key in self._fresh
+        metric, secs = self._done[key]
+        cached = key not in self._fresh
+        if cached:
             self.n_reused += 1
         else:
-            t0 = time.perf_counter()
-            if (bits == KEEP).all():
-                metric = float(self.metric_fn(self.model))
-            else:
-                with apply_fake_quant(self.model, self.space.plan(bits)):
-                    metric = float(self.metric_fn(self.model))
-            secs = time.perf_counter() - t0
-            cached = False
             self.n_new += 1
             self.seconds += secs
         if not math.isfinite(metric):
@@ -411,17 +457,21 @@ class Evaluator:
                          degradation(self.higher_is_better, base, metric), tier, predicted, secs,
                          cached)
         self.records[key] = rec
-        if not cached and self.log_path is not None:
-            self._append(rec)
         if self.on_eval is not None:
             self.on_eval(rec)
         return rec
 
-    def _append(self, rec: EvalRecord) -> None:
+    @property
+    def n_unused(self) -> int:
+        """Plans prefetched by this run that the search never asked for (they stay in
+        evals.jsonl)."""
+        return len(self._fresh - set(self.records))
+
+    def _append(self, record: dict[str, Any]) -> None:
         assert self.log_path is not None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec.to_record(self.space), sort_keys=True) + "\n")
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -514,6 +564,46 @@ class SearchContext:
             self.predictor.observe(raw, rec.degradation)
         return rec
 
+    @property
+    def parallel(self) -> int:
+        """Evaluations the executor runs at once."""
+        return max(1, int(getattr(self.evaluator.executor, "workers", 1)))
+
+    def prefetch(self, candidates: Sequence[np.ndarray], tier: str) -> None:
+        """With a parallel executor, evaluate the first candidates not known yet (at most
+        :attr:`parallel`, and no more than the budget could still commit) together; the
+        strategy then commits those it asks for with :meth:`evaluate`. A no-op in-process."""
+        if self.parallel <= 1:
+            return
+        room = min(self.parallel, self.budget_left())
+        fresh, seen = [], set()
+        for bits in candidates:
+            key = self.space.key(bits)
+            if key in seen or self.evaluator.known(bits) is not None:
+                continue
+            seen.add(key)
+            fresh.append(np.asarray(bits, dtype=np.int64))
+            if len(fresh) >= room:
+                break
+        if len(fresh) < 2:
+            return  # one plan: evaluate() runs it when asked
+        g = self.predictor.gain
+        preds = [float(self.predictor.raw(b)[0]) * g if g is not None else None for b in fresh]
+        self.evaluator.prefetch(fresh, tier, preds)
+
+    def predicted(self, bits: np.ndarray) -> float:
+        """The predicted degradation of one plan (evaluation units; not counted as scored)."""
+        g = self.predictor.gain
+        return float(self.predictor.raw(np.atleast_2d(bits))[0]) * (1.0 if g is None else g)
+
+    def outcome(self, bits: np.ndarray) -> bool | None:
+        """Whether ``bits`` meets the floor, if already evaluated (else None)."""
+        metric = self.evaluator.known(bits)
+        if metric is None:
+            return None
+        return degradation(self.evaluator.higher_is_better, self.baseline, metric) <= \
+            self.dmax + FEAS_EPS
+
     def perf_ok(self, rec: EvalRecord) -> bool:
         return rec.degradation <= self.dmax + FEAS_EPS
 
@@ -576,10 +666,13 @@ def global_tier(ctx: SearchContext) -> tuple[EvalRecord | None, EvalRecord]:
         start = len(levels) // 2
     results: dict[int, EvalRecord] = {}
 
-    def ev(i: int) -> EvalRecord:
+    def ev(i: int, ahead: Sequence[int] = ()) -> EvalRecord:
+        """Level ``i``'s evaluation; ``ahead``: the levels the walk may need next (evaluated
+        with it by a parallel executor)."""
         if i not in results:
             if ctx.budget_left() <= 0:
                 raise _BudgetSpent
+            ctx.prefetch([U[j] for j in (i, *ahead) if 0 <= j < len(levels)], "global")
             results[i] = ctx.evaluate(U[i], "global")
             r = results[i]
             ctx.say(f"global  w{levels[i]}: degradation {r.degradation:.4g} "
@@ -588,14 +681,20 @@ def global_tier(ctx: SearchContext) -> tuple[EvalRecord | None, EvalRecord]:
 
     i = start
     lowest: int | None = None
+    n = len(levels)
+    up = lambda j: range(j + 1, n)  # noqa: E731 - lower widths (the walk when a level passes)
+    down = lambda j: range(j - 1, -1, -1)  # noqa: E731 - higher widths (when it fails)
     try:
-        if ctx.perf_ok(ev(i)):
+        likely = bool(s["pred"][i] <= ctx.dmax)
+        first = [x for pair in zip_longest(up(i), down(i))
+                 for x in (pair if likely else pair[::-1]) if x is not None]
+        if ctx.perf_ok(ev(i, first)):
             lowest = i
-            while i + 1 < len(levels) and ctx.perf_ok(ev(i + 1)):
+            while i + 1 < n and ctx.perf_ok(ev(i + 1, up(i + 1))):
                 i += 1
                 lowest = i
         else:
-            while i - 1 >= 0 and not ctx.perf_ok(ev(i - 1)):
+            while i - 1 >= 0 and not ctx.perf_ok(ev(i - 1, down(i - 1))):
                 i -= 1
             lowest = i - 1 if i - 1 >= 0 and ctx.perf_ok(ev(i - 1)) else None
     except _BudgetSpent:
@@ -612,6 +711,8 @@ def _last_feasible_on_path(ctx: SearchContext, path: list[np.ndarray], tier: str
     lo, hi = 0, len(path)  # lo meets the floor; hi: first index known (or assumed) to miss
     while hi - lo > 1 and ctx.budget_left() > 0:
         mid = (lo + hi) // 2
+        if ctx.parallel > 1:
+            ctx.prefetch([path[j] for j in _search_frontier(ctx, path, lo, hi)], tier)
         r = ctx.evaluate(path[mid], tier)
         c = ctx.plan_cost(path[mid])
         ctx.say(f"{tier:7s} step {mid}/{len(path) - 1}: degradation {r.degradation:.4g}, "
@@ -622,6 +723,28 @@ def _last_feasible_on_path(ctx: SearchContext, path: list[np.ndarray], tier: str
         else:
             hi = mid
     return lo
+
+
+def _search_frontier(ctx: SearchContext, path: list[np.ndarray], lo: int, hi: int) -> list[int]:
+    """The points the binary search of ``path[lo:hi]`` evaluates next, breadth first: its
+    midpoint, then the midpoints of both halves it may continue in (the predicted outcome's
+    half first; only the real one when the outcome is already known), and so on, until
+    :attr:`SearchContext.parallel` not yet evaluated points are found."""
+    out: list[int] = []
+    queue = [(lo, hi)]
+    while queue and len(out) < ctx.parallel:
+        a, b = queue.pop(0)
+        if b - a <= 1:
+            continue
+        mid = (a + b) // 2
+        known = ctx.outcome(path[mid])
+        if known is not None:
+            queue.append((mid, b) if known else (a, mid))
+            continue
+        out.append(mid)
+        likely = ctx.predicted(path[mid]) <= ctx.dmax
+        queue += [(mid, b), (a, mid)] if likely else [(a, mid), (mid, b)]
+    return out
 
 
 def _greedy_path(ctx: SearchContext, start: np.ndarray, groups: list[np.ndarray], tier: str,

@@ -241,7 +241,9 @@ def build_report(o: SearchOutcome, out: Path, final: dict[str, dict[str, Any]]) 
                         "deltas": {str(s): o.table.deltas(s) for s in o.table.specs}},
         "search": {"plans_scored": ctx.n_scored, "full_evaluations": ev.n_evaluations,
                    "new_evaluations": ev.n_new, "reused_evaluations": ev.n_reused,
-                   "evaluation_s": ev.seconds, **o.timings, "wall_s": wall},
+                   "evaluation_s": ev.seconds, **o.timings, "wall_s": wall,
+                   "prefetched_used": ev.n_prefetched, "prefetched_unused": ev.n_unused,
+                   "executor": ev.executor.describe()},
         "evaluations": evals,
         "cost": {"fp32": fp_cost.to_dict(), "chosen": ch_cost.to_dict()},
     }

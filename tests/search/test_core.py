@@ -85,9 +85,8 @@ class Setup:
         workload = self.model.workload()
         self.cost, self.cost_order = self.space.cost_model(workload, "edge-npu")
 
-    def evaluator(self, log_path: Path | None = None, metric_fn=None) -> Evaluator:
-        return Evaluator(self.model, metric_fn or self.task.metric, self.task.higher_is_better,
-                         self.space, log_path)
+    def evaluator(self, log_path: Path | None = None, task=None, executor=None) -> Evaluator:
+        return Evaluator(self.model, task or self.task, self.space, log_path, executor=executor)
 
     def ctx(self, floor: PerformanceFloor, budget: MemoryBudget, *, max_evals: int = 12,
             log_path: Path | None = None, alpha: float = 0.5) -> SearchContext:
@@ -360,16 +359,17 @@ def test_observe_keeps_the_gain_when_the_fit_is_not_positive(setup):
 # ================================================================================================
 
 
-class CountingMetric:
-    """The evaluation task's metric, counting its calls (the task itself, not a stand-in)."""
+class CountingMetric(LMCalibrationTask):
+    """The evaluation task, counting the calls of its metric (the task itself, not a
+    stand-in)."""
 
     def __init__(self, task: LMCalibrationTask) -> None:
-        self.task = task
+        self.__dict__.update(task.__dict__)
         self.calls = 0
 
-    def __call__(self, model) -> float:
+    def metric(self, model) -> float:
         self.calls += 1
-        return self.task.metric(model)
+        return super().metric(model)
 
 
 def test_evaluate_appends_one_line_per_new_plan(setup, tmp_path):
@@ -485,7 +485,7 @@ def _foreign_log(tmp_path: Path, n_plans: int) -> Path:
     other = tiny_lm(n_layer=1)
     space = SearchSpace.from_hierarchy(build_hierarchy(other), BITS)
     log = tmp_path / "evals.jsonl"
-    ev = Evaluator(other, lm_task().metric, False, space, log)
+    ev = Evaluator(other, lm_task(), space, log)
     for w in space.bits[:n_plans - 1]:
         ev.evaluate(space.uniform(w), "global", None)
     assert len(lines(log)) == n_plans
