@@ -369,10 +369,30 @@ def _ray_job(model_ref: tuple[str, list], task_ref: tuple[str, list], job: Job, 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     (m_digest, [m_obj]), (t_digest, [t_obj]) = model_ref, task_ref
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    if use_gpu and not torch.cuda.is_available():
+        raise ExecutorError(f"the task asked for a GPU but torch sees no CUDA device on worker "
+                            f"{_worker_id()} (a CPU-only torch build there?)")
+    device = "cuda" if use_gpu else "cpu"
     model = _cached(f"{m_digest}@{device}", lambda: _load_model(ray.get(m_obj), device))
     task = _cached(t_digest, lambda: pickle.loads(ray.get(t_obj)))
     return run_job(model, task, job)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a HOST:PORT (or ray://HOST:PORT) nobody listens at: Ray itself keeps
+    retrying for minutes."""
+    if address == "auto":
+        return  # Ray finds the local cluster's address, or says at once there is none
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ExecutorError(f"--ray-address must be auto, HOST:PORT or ray://HOST:PORT, got "
+                            f"{address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(f"no Ray cluster answers at {address} ({exc.strerror or exc})") \
+            from None
 
 
 def _import_ray():
@@ -416,6 +436,8 @@ class RayExecutor(Executor):
             raise ExecutorError("a Ray task must request some resource (num_cpus, num_gpus or "
                                 "resources)")
         ray = _import_ray()
+        if address is not None and not ray.is_initialized():
+            _check_reachable(address)
         self._started = False
         if not ray.is_initialized():
             try:
@@ -432,8 +454,18 @@ class RayExecutor(Executor):
         self.address = address
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.resources = dict(resources or {})
+        total = ray.cluster_resources()
+        asked = {"CPU": num_cpus, "GPU": num_gpus, **self.resources}
+        short = {k: v for k, v in asked.items() if v and total.get(k, 0) < v}
+        if short:
+            if self._started:
+                ray.shutdown()
+            have = ", ".join(f"{k} {total.get(k, 0):g}" for k in short)
+            raise ExecutorError(f"the Ray cluster cannot run one task: each asks for "
+                                f"{', '.join(f'{k} {v:g}' for k, v in short.items())}, the "
+                                f"cluster has {have} (an autoscaling cluster needs one such "
+                                "node up when the search starts)")
         if workers is None:
-            total = ray.cluster_resources()
             per = [total.get("CPU", 0) / num_cpus if num_cpus else float("inf"),
                    total.get("GPU", 0) / num_gpus if num_gpus else float("inf")]
             per += [total.get(k, 0) / v for k, v in self.resources.items() if v]

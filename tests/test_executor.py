@@ -390,6 +390,9 @@ def test_an_interrupted_ray_search_resumes_without_recomputing(ray_cluster, sear
 @pytest.mark.parametrize("kw, match", [
     ({"workers": 0}, "workers"), ({"num_gpus": -1}, "num_gpus"),
     ({"num_cpus": 0}, "must request some resource"), ({"retries": -2}, "retries"),
+    ({"num_gpus": 1}, "cannot run one task: each asks for GPU 1, the cluster has GPU 0"),
+    ({"num_cpus": 4}, "asks for CPU 4, the cluster has CPU 2"),
+    ({"resources": {"tpu": 1}}, "asks for tpu 1"),
 ])
 def test_bad_ray_settings(ray_cluster, kw, match):
     with pytest.raises(ExecutorError, match=match):

@@ -166,12 +166,17 @@ def test_accuracy_identical_with_padding(tmp_path, model):
             a, b = rt(ids, attention_mask=mask), fq(ids, attention_mask=mask)
             assert torch.equal(a.argmax(-1), b.argmax(-1))
             assert relative_logit_error(a, b) <= LOGIT_RTOL
-    # pads do not matter: more right padding, same logits
+    # pads do not matter: more right padding, the same logits up to float32 rounding (a sum
+    # over a longer token axis, zeros included, may be ordered differently by the vectorised
+    # reduction: ~3e-7 on an AMD EPYC host, 0 on a Xeon one; the fake-quant model is alike)
     ids, mask = _batch(4)
-    wide = torch.cat([ids, torch.full((ids.shape[0], 7), PAD)], dim=1)
-    wmask = torch.cat([mask, torch.zeros(ids.shape[0], 7, dtype=mask.dtype)], dim=1)
-    with torch.no_grad():
-        assert torch.equal(rt(ids, attention_mask=mask), rt(wide, attention_mask=wmask))
+    for extra in (1, 7):
+        wide = torch.cat([ids, torch.full((ids.shape[0], extra), PAD)], dim=1)
+        wmask = torch.cat([mask, torch.zeros(ids.shape[0], extra, dtype=mask.dtype)], dim=1)
+        with torch.no_grad():
+            a, b = rt(ids, attention_mask=mask), rt(wide, attention_mask=wmask)
+        assert relative_logit_error(b, a) <= 1e-5
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 def test_unfolded_export_also_runs(tmp_path):

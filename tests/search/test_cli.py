@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,11 @@ BAD_INPUTS = {
     "bad-granularity": (["--granularity", "group:x"], "--granularity"),
     "bad-ppl-increase": (["--max-ppl-increase", "x%"], "--max-ppl-increase"),
     "zero-max-evals": (["--max-evals", "0"], "--max-evals"),
+    "workers-in-process": (["--workers", "2"], "--workers needs --executor pool or ray"),
+    "zero-workers": (["--executor", "pool", "--workers", "0"], "--workers must be >= 1"),
+    "ray-address-without-ray": (["--ray-address", "auto"], "need --executor ray"),
+    "gpus-without-ray": (["--executor", "pool", "--gpus-per-worker", "1"],
+                         "need --executor ray"),
 }
 
 
@@ -338,3 +344,100 @@ def test_an_explicit_task_without_data_is_an_error_not_a_fallback(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "tokenizer" in err[0]
     assert not out.exists()
+
+
+# ================================================================================================
+# Executors: a local process pool, and a Ray cluster started with `ray start --head`
+# ================================================================================================
+
+
+def _decisions(report: dict) -> tuple:
+    evals = [(e["key"], e["metric"], e["tier"]) for e in report["evaluations"]]
+    return report["chosen"]["key"], report["chosen"]["metric"], evals
+
+
+def test_the_pool_executor_finds_the_in_process_plan(capsys, tmp_path, tiny_checkpoint,
+                                                      cache_dir):
+    common = ["--no-plots", "--no-export", "--no-final-eval"]
+    rc = main(run_args(tiny_checkpoint, cache_dir, *common, "--out", str(tmp_path / "a")))
+    assert rc == 0, capsys.readouterr().err
+    # a fresh sensitivity cache: the pool measures it too
+    rc = main(run_args(tiny_checkpoint, tmp_path / "cache", *common, "--out",
+                       str(tmp_path / "b"), "--executor", "pool", "--workers", "2"))
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "executor pool: 2 worker(s)" in cap.err
+    ref, got = read_report(tmp_path / "a"), read_report(tmp_path / "b")
+    assert _decisions(got) == _decisions(ref)
+    assert got["sensitivity"]["deltas"] == ref["sensitivity"]["deltas"]
+    assert got["search"]["executor"]["executor"] == "pool"
+
+
+def test_an_unreachable_ray_cluster_exits_2_and_writes_nothing(capsys, tmp_path,
+                                                               tiny_checkpoint, cache_dir):
+    with socket.socket() as s:  # a port nobody listens at
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    check_bad_input(capsys, run_args(tiny_checkpoint, cache_dir, "--executor", "ray",
+                                     "--ray-address", f"127.0.0.1:{port}", "--out", str(out)),
+                    "no Ray cluster answers")
+    assert not out.exists()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the `ray start` process and what it started)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    os.kill(int(d.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """A one-node Ray cluster started with `ray start --head` on 127.0.0.1 (2 CPUs), in its own
+    session; yields (address, env for clients); killed afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    log_path = tmp / "head.log"
+    with open(log_path, "wb") as log:
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
+             "--disable-usage-stats", f"--temp-dir={tmp}", "--block"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while b"--block" not in log_path.read_bytes():
+            assert head.poll() is None, log_path.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "ray start did not come up in 120 s"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        _kill_session(head.pid)
+        head.wait(timeout=30)
+
+
+def test_a_search_on_a_ray_cluster_finds_the_in_process_plan(capsys, tmp_path, tiny_checkpoint,
+                                                              cache_dir, ray_head):
+    address, env = ray_head
+    common = ["--no-plots", "--no-export", "--no-final-eval"]
+    rc = main(run_args(tiny_checkpoint, cache_dir, *common, "--out", str(tmp_path / "a")))
+    assert rc == 0, capsys.readouterr().err
+    out = tmp_path / "b"
+    argv = run_args(tiny_checkpoint, tmp_path / "cache", *common, "--out", str(out),
+                    "--executor", "ray", "--ray-address", address, "--workers", "2")
+    proc = subprocess.run([sys.executable, "-m", "qslm.search", *argv], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "executor ray: 2 worker(s)" in proc.stderr
+    ref, got = read_report(tmp_path / "a"), read_report(out)
+    assert _decisions(got) == _decisions(ref)
+    assert got["sensitivity"]["deltas"] == ref["sensitivity"]["deltas"]
+    assert got["search"]["executor"]["address"] == address
