@@ -98,20 +98,23 @@ class ExecutorError(QslmError, RuntimeError):
 @dataclass(frozen=True)
 class Job:
     """One evaluation: ``key`` (the caller's identifier, unique in a batch) and ``plan``, a
-    :class:`~qslm.quant.QuantPlan` in its JSON form (an empty plan: the unquantized model)."""
+    :class:`~qslm.quant.QuantPlan` in its JSON form (a plan that quantizes nothing: the model as
+    it is). ``measure``: the "task" is a callable ``model -> {name: value}`` (a search's final
+    measurement) rather than a :class:`~qslm.sensitivity.Task`."""
 
     key: str
     plan: Mapping[str, Any]
+    measure: bool = False
 
     @classmethod
-    def of(cls, key: str, plan: Any) -> Job:
-        return cls(key, plan.to_dict())
+    def of(cls, key: str, plan: Any, *, measure: bool = False) -> Job:
+        return cls(key, plan.to_dict(), measure)
 
 
 @dataclass(frozen=True)
 class JobResult:
     key: str
-    metric: float  # the task's metric with the job's plan applied
+    metric: Any  # the task's metric (a float) with the job's plan applied; a dict for measure
     seconds: float  # wall time of the evaluation in the worker
     worker: str = ""  # "host:pid" of the process that ran it
 
@@ -123,11 +126,12 @@ def _worker_id() -> str:
 def run_job(model: nn.Module, task: Any, job: Job) -> JobResult:
     """Evaluate one job on ``model`` (what every executor runs, wherever it runs)."""
     from qslm.quant import QuantPlan
-    from qslm.sensitivity import evaluate_plan
+    from qslm.sensitivity import evaluate_plan, measure_plan
 
     t0 = time.perf_counter()
-    metric = evaluate_plan(model, task, QuantPlan.from_dict(job.plan, where=f"job {job.key}"))
-    return JobResult(job.key, metric, time.perf_counter() - t0, _worker_id())
+    plan = QuantPlan.from_dict(job.plan, where=f"job {job.key}")
+    value = (measure_plan if job.measure else evaluate_plan)(model, task, plan)
+    return JobResult(job.key, value, time.perf_counter() - t0, _worker_id())
 
 
 def _check_jobs(jobs: Sequence[Job]) -> list[Job]:

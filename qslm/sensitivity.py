@@ -105,6 +105,7 @@ __all__ = [
     "degradation",
     "evaluate_measurement",
     "evaluate_plan",
+    "measure_plan",
     "measure_sensitivity",
     "model_fingerprint",
     "plan_measurements",
@@ -489,16 +490,27 @@ def _seeded(model: nn.Module, seed: int) -> Iterator[None]:
         yield
 
 
-def evaluate_plan(model: nn.Module, task: Task, plan: QuantPlan, seed: int = SEED) -> float:
-    """``task.metric(model)`` with ``plan`` applied as fake-quant (an empty plan: the model as
-    it is), under a fixed RNG seed that leaves the caller's RNG state alone; the weights are
-    restored bit for bit afterwards, also when the task raises. A pure function of
-    ``(model, task, plan)``: what every executor (:mod:`qslm.executor`) runs."""
+def _under_plan(model: nn.Module, plan: QuantPlan, seed: int, fn: Callable[[nn.Module], Any]):
     with _seeded(model, seed):
-        if not plan.entries and plan.default is None:
-            return float(task.metric(model))
+        if plan.default is None and all(v is None for v in plan.entries.values()):
+            return fn(model)
         with apply_fake_quant(model, plan):
-            return float(task.metric(model))
+            return fn(model)
+
+
+def evaluate_plan(model: nn.Module, task: Task, plan: QuantPlan, seed: int = SEED) -> float:
+    """``task.metric(model)`` with ``plan`` applied as fake-quant (a plan that quantizes
+    nothing: the model as it is), under a fixed RNG seed that leaves the caller's RNG state
+    alone; the weights are restored bit for bit afterwards, also when the task raises. A pure
+    function of ``(model, task, plan)``: what every executor (:mod:`qslm.executor`) runs."""
+    return float(_under_plan(model, plan, seed, task.metric))
+
+
+def measure_plan(model: nn.Module, measure: Callable[[nn.Module], Mapping[str, Any]],
+                 plan: QuantPlan, seed: int = SEED) -> dict[str, Any]:
+    """Like :func:`evaluate_plan` for a measurement that reports several values
+    (``measure(model) -> {name: value}``, e.g. a search's final test-split measurement)."""
+    return dict(_under_plan(model, plan, seed, measure))
 
 
 def evaluate_measurement(model: nn.Module, task: Task, measurement: Measurement,

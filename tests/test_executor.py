@@ -228,6 +228,28 @@ def test_pool_gives_up_after_the_retries(tmp_path):
         list(pool.run(model, DiesInWorker(_task(), tmp_path / "m", always=True), _jobs(model)))
 
 
+def test_final_measurements_on_the_pool_equal_in_process():
+    """A search's final measurement (a picklable callable returning several values) runs as a
+    measure job: same values as calling it on the fake-quantized model in-process."""
+    from qslm.quant import QuantPlan, apply_fake_quant
+    from qslm.search.tasks import FinalPerplexity
+
+    model = _model()
+    tokens = torch.randint(0, 200, (700,), generator=torch.Generator().manual_seed(3)).numpy()
+    final = FinalPerplexity(tokens, ctx_len=32, n_words=150)
+    plans = {"fp": QuantPlan(), "w2": QuantPlan.uniform(SPECS[0]),
+             "w4": QuantPlan.uniform(SPECS[1])}
+    ref = {}
+    for k, plan in plans.items():
+        with apply_fake_quant(model, plan):
+            ref[k] = final(model)
+    with LocalPoolExecutor(2) as pool:
+        got = {r.key: r.metric for r in pool.run(model, final, [Job.of(k, p, measure=True)
+                                                               for k, p in plans.items()])}
+    assert got == ref
+    assert len({v["test_token_ppl"] for v in ref.values()}) == 3  # the plans do change it
+
+
 def test_pool_task_error_is_raised_as_is():
     model = _model()
     with LocalPoolExecutor(1) as pool, pytest.raises(SensitivityError, match="bad calibration"):

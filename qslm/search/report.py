@@ -149,22 +149,22 @@ def _final_metrics(o: SearchOutcome, out: Path, records: dict[str, Any], run: bo
             cache = {}
     if not run or o.tasks.final is None:
         return {k: cache.get(k, {}) for k in records}
-    from qslm.quant import apply_fake_quant
+    from dataclasses import replace
 
-    for key, rec in records.items():
-        if key in cache:
-            continue
-        say(f"final measurement of {_bits_label(rec.bits)} plan {key} ...")
-        t0 = time.perf_counter()
-        if all(b == 0 for b in rec.bits):
-            vals = o.tasks.final(o.model)
-        else:
-            with apply_fake_quant(o.model, o.space.plan(rec.bits)):
-                vals = o.tasks.final(o.model)
-        vals = dict(vals)
-        vals["seconds"] = round(time.perf_counter() - t0, 2)
-        cache[key] = vals
-        atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
+    from qslm.executor import Job
+
+    todo = {k: r for k, r in records.items() if k not in cache}
+    if todo:
+        executor = o.ctx.evaluator.executor
+        final = o.tasks.final
+        if executor.kind != "inproc" and getattr(final, "progress", False):
+            final = replace(final, progress=False)  # no progress bars from the workers
+        for key, rec in todo.items():
+            say(f"final measurement of {_bits_label(rec.bits)} plan {key} ...")
+        jobs = [Job.of(k, o.space.plan(r.bits), measure=True) for k, r in todo.items()]
+        for res in executor.run(o.model, final, jobs):
+            cache[res.key] = {**res.metric, "seconds": round(res.seconds, 2)}
+            atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
     return {k: cache.get(k, {}) for k in records}
 
 

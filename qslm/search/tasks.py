@@ -28,7 +28,8 @@ from torch import nn
 from qslm.errors import QslmError
 from qslm.sensitivity import ClassificationTask, LMCalibrationTask
 
-__all__ = ["TASKS", "SearchTasks", "build_tasks", "default_task", "find_tokenizer"]
+__all__ = ["TASKS", "FinalAccuracy", "FinalFidelity", "FinalPerplexity", "SearchTasks",
+           "build_tasks", "default_task", "find_tokenizer"]
 
 TASKS = ("wikitext2", "sst2", "fidelity")
 DEFAULT_CALIB = {"wikitext2": 16, "sst2": 128, "fidelity": 16}
@@ -50,8 +51,50 @@ class SearchTasks:
     same_units: bool  # calibration degradation is in the evaluation metric's units
     seq_len: int  # tokens per sequence (classifier workloads are per sequence)
     describe: dict[str, Any] = field(default_factory=dict)
-    final: Any = None  # callable(model) -> dict of reported metrics, or None
+    final: Any = None  # picklable callable(model) -> dict of reported metrics, or None
     notice: str | None = None
+
+
+@dataclass
+class FinalPerplexity:
+    """The LM's final measurement: word and token perplexity on the test split (picklable, so
+    an executor can run it in a worker)."""
+
+    tokens: np.ndarray  # the test split's token ids
+    ctx_len: int
+    n_words: int
+    progress: bool = False
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        from qslm.eval import lm_perplexity
+
+        r = lm_perplexity(model, self.tokens, ctx_len=self.ctx_len, batch_size=32,
+                          n_words=self.n_words, bos_id=0, progress=self.progress)
+        return {"test_word_ppl": r["word_ppl"], "test_token_ppl": r["token_ppl"],
+                "test_tokens": r["n_tokens_scored"]}
+
+
+@dataclass
+class FinalAccuracy:
+    """The classifier's final measurement: accuracy on the evaluation (dev) split."""
+
+    task: ClassificationTask
+    n_sentences: int
+    progress: bool = False  # (nothing to show: kept for a uniform interface)
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        return {"dev_accuracy": self.task.metric(model), "dev_sentences": self.n_sentences}
+
+
+@dataclass
+class FinalFidelity:
+    """The fidelity task's final measurement: KL and top-1 agreement on the evaluation text."""
+
+    task: Any  # qslm.fidelity.FidelityTask
+    progress: bool = False
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        return {f"fidelity_{k}": v for k, v in self.task.both(model).items()}
 
 
 def default_task(model: nn.Module) -> str:
@@ -99,12 +142,9 @@ def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
         cal = FidelityTask.sampled(model, n_cal, seq, seed=seed, metric="kl")
         ev = FidelityTask.sampled(model, n_eval or DEFAULT_EVAL["fidelity"], seq, seed=seed + 1,
                                   metric="kl")
-
-        def final(m: nn.Module) -> dict[str, Any]:
-            return {f"fidelity_{k}": v for k, v in ev.both(m).items()}
-
         return SearchTasks("fidelity", cal, ev, "kl", True, seq,
-                           {"calibration": cal.describe(), "evaluation": ev.describe()}, final)
+                           {"calibration": cal.describe(), "evaluation": ev.describe()},
+                           FinalFidelity(ev))
 
     if tokenizer_path is None:
         raise TaskDataError(f"the {task} task needs the model's tokenizer: pass --tokenizer "
@@ -117,7 +157,7 @@ def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
             raise TaskDataError("wikitext2 is a language-modelling task and this model is a "
                                 "classifier: use --task sst2")
         from qslm.data.datasets import load_wikitext2
-        from qslm.eval import count_words, lm_perplexity
+        from qslm.eval import count_words
 
         train = np.asarray(tok.encode(load_wikitext2("train", data_dir)).ids, dtype=np.int64)
         valid = np.asarray(tok.encode(load_wikitext2("valid", data_dir)).ids, dtype=np.int64)
@@ -134,17 +174,12 @@ def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
         test = np.asarray(tok.encode(test_text).ids, dtype=np.int64)
         n_words = count_words(test_text)
 
-        def final(m: nn.Module) -> dict[str, Any]:
-            r = lm_perplexity(m, test, ctx_len=ctx, batch_size=32, n_words=n_words, bos_id=0,
-                              progress=progress)
-            return {"test_word_ppl": r["word_ppl"], "test_token_ppl": r["token_ppl"],
-                    "test_tokens": r["n_tokens_scored"]}
-
         return SearchTasks("wikitext2", cal, ev, "nll", True, 1,
                            {"calibration": {"split": "train", **cal.describe()},
                             "evaluation": {"split": "valid", **ev.describe()},
                             "final": {"split": "test", "tokens": int(len(test)),
-                                      "words": n_words}}, final)
+                                      "words": n_words}},
+                           FinalPerplexity(test, ctx, n_words, progress))
 
     if task == "sst2":
         if not is_clf:
@@ -167,12 +202,10 @@ def build_tasks(model: nn.Module, task: str, *, tokenizer_path: Path | None,
         ev = ClassificationTask(classification_batches(dev_rows, 64, max_len=ctx), "accuracy")
         seq_len = int(round(float(np.mean([min(len(x), ctx) for x, _ in dev_rows]))))
 
-        def final(m: nn.Module) -> dict[str, Any]:
-            return {"dev_accuracy": ev.metric(m), "dev_sentences": len(dev_rows)}
-
         return SearchTasks("sst2", cal, ev, "accuracy", False, seq_len,
                            {"calibration": {"split": "train", "metric": "cross-entropy",
                                             "sentences": len(cal_rows)},
                             "evaluation": {"split": "dev", "metric": "accuracy",
-                                           "sentences": len(dev_rows)}}, final)
+                                           "sentences": len(dev_rows)}},
+                           FinalAccuracy(ev, len(dev_rows)))
     raise TaskDataError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")

@@ -356,9 +356,13 @@ def _decisions(report: dict) -> tuple:
     return report["chosen"]["key"], report["chosen"]["metric"], evals
 
 
+def _final(entry: dict) -> dict:
+    return {k: v for k, v in entry["final"].items() if k != "seconds"}
+
+
 def test_the_pool_executor_finds_the_in_process_plan(capsys, tmp_path, tiny_checkpoint,
                                                       cache_dir):
-    common = ["--no-plots", "--no-export", "--no-final-eval"]
+    common = ["--no-plots", "--no-export"]
     rc = main(run_args(tiny_checkpoint, cache_dir, *common, "--out", str(tmp_path / "a")))
     assert rc == 0, capsys.readouterr().err
     # a fresh sensitivity cache: the pool measures it too
@@ -371,6 +375,9 @@ def test_the_pool_executor_finds_the_in_process_plan(capsys, tmp_path, tiny_chec
     assert _decisions(got) == _decisions(ref)
     assert got["sensitivity"]["deltas"] == ref["sensitivity"]["deltas"]
     assert got["search"]["executor"]["executor"] == "pool"
+    # the final measurements ran on the workers too, with the same values
+    for entry in ("fp32", "uniform", "chosen"):
+        assert _final(got[entry]) == _final(ref[entry]) != {}
 
 
 def test_an_unreachable_ray_cluster_exits_2_and_writes_nothing(capsys, tmp_path,
