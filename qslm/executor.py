@@ -57,6 +57,7 @@ import shutil
 import socket
 import tempfile
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -293,6 +294,7 @@ class LocalPoolExecutor(Executor):
         self.threads = _check_int("threads_per_worker", threads_per_worker, 1)
         self.retries = _check_int("retries", retries, 0)
         self.restarts = 0  # pools restarted after a worker died
+        self._interrupted = False
         self._dir: str | None = None
         self._pool: _Pool | None = None
         self._shipper = _Shipper(self._write)
@@ -300,6 +302,8 @@ class LocalPoolExecutor(Executor):
     def _write(self, digest: str, data: bytes) -> str:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="qslm-pool-")
+            # removed by close(), or when the executor is collected / at exit if never closed
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         path = os.path.join(self._dir, digest)
         if not os.path.exists(path):
             tmp = path + ".tmp"
@@ -344,12 +348,28 @@ class LocalPoolExecutor(Executor):
             except BaseException:
                 for f in futures:
                     f.cancel()
+                self._interrupted = True  # jobs may still run: close() stops the workers
                 raise
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            if not self._interrupted:
+                pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                # after an interruption (Ctrl-C, an error in the caller) do not wait for a
+                # graceful shutdown: it can hang on a half-fed call queue. Stop the workers.
+                procs = list((getattr(pool, "_processes", None) or {}).values())
+                pool.shutdown(wait=False, cancel_futures=True)
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                for p in procs:
+                    p.join(timeout=10)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
+            self._interrupted = False
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
