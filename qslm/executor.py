@@ -80,6 +80,7 @@ __all__ = [
     "JobResult",
     "LocalPoolExecutor",
     "RayExecutor",
+    "check_executor_options",
     "make_executor",
     "run_job",
 ]
@@ -182,14 +183,16 @@ def _cached(digest: str, load) -> Any:
 
 
 class _Shipper:
-    """Serializes the model (once per model state) and tasks (once per content) and hands out
-    ``(digest, reference)`` pairs; ``put(data) -> reference`` is the backend's way of storing
-    bytes where its workers can read them."""
+    """Serializes the model (once per model state) and tasks (once per task object: tasks do not
+    change, by the :class:`~qslm.sensitivity.Task` contract) and hands out ``(digest, reference)``
+    pairs; ``put(data) -> reference`` is the backend's way of storing bytes where its workers
+    can read them. A search calls :meth:`task` for every batch of evaluations: the task (its
+    data, possibly large) is pickled and hashed only the first time."""
 
     def __init__(self, put) -> None:
         self._put = put
         self._model: tuple[tuple, str, Any] | None = None
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[int, tuple[Any, str, Any]] = {}  # id → (task kept alive, digest, ref)
 
     def model(self, model: nn.Module) -> tuple[str, Any]:
         token = _model_state_token(model)
@@ -200,15 +203,16 @@ class _Shipper:
         return self._model[1], self._model[2]
 
     def task(self, task: Any) -> tuple[str, Any]:
-        try:
-            data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
-            raise ExecutorError(f"the task {type(task).__name__} cannot be sent to workers: it "
-                                f"is not picklable ({exc})") from None
-        digest = "task-" + hashlib.sha256(data).hexdigest()[:32]
-        if digest not in self._tasks:
-            self._tasks[digest] = self._put(digest, data)
-        return digest, self._tasks[digest]
+        known = self._tasks.get(id(task))
+        if known is None:
+            try:
+                data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
+                raise ExecutorError(f"the task {type(task).__name__} cannot be sent to workers: "
+                                    f"it is not picklable ({exc})") from None
+            digest = "task-" + hashlib.sha256(data).hexdigest()[:32]
+            known = self._tasks[id(task)] = (task, digest, self._put(digest, data))
+        return known[1], known[2]
 
 
 # ================================================================================================
@@ -545,19 +549,30 @@ class RayExecutor(Executor):
                 "threads_per_worker": self.threads, "retries": self.retries}
 
 
+def check_executor_options(kind: str, *, workers: int | None = None,
+                           ray_address: str | None = None, gpus_per_worker: float = 0) -> None:
+    """Options that do not go together (before anything starts; the CLI checks them first)."""
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) \
+            or not gpus_per_worker >= 0:
+        raise ExecutorError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if kind != "ray" and (ray_address is not None or gpus_per_worker):
+        raise ExecutorError("--ray-address and --gpus-per-worker need --executor ray (they are "
+                            "for --executor ray only)")
+    if kind == "inproc" and workers not in (None, 1):
+        raise ExecutorError("--workers needs --executor pool or ray (the in-process executor "
+                            "runs one evaluation at a time)")
+
+
 def make_executor(kind: str = "inproc", *, workers: int | None = None,
                   ray_address: str | None = None, threads_per_worker: int = 1,
                   gpus_per_worker: float = 0, retries: int = 2) -> Executor:
     """The executor the CLI's ``--executor``, ``--workers``, ``--ray-address`` and
     ``--gpus-per-worker`` describe."""
-    if kind not in EXECUTORS:
-        raise ExecutorError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
-    if kind != "ray" and (ray_address is not None or gpus_per_worker):
-        raise ExecutorError("--ray-address and --gpus-per-worker apply to --executor ray only")
+    check_executor_options(kind, workers=workers, ray_address=ray_address,
+                           gpus_per_worker=gpus_per_worker)
     if kind == "inproc":
-        if workers not in (None, 1):
-            raise ExecutorError("--workers needs --executor pool or ray (the in-process "
-                                "executor runs one job at a time)")
         return InProcessExecutor()
     if kind == "pool":
         return LocalPoolExecutor(2 if workers is None else workers,

@@ -268,6 +268,29 @@ def test_pool_follows_changed_weights():
     assert second == _in_process(model, task, jobs) != first
 
 
+class CountsPickles(LMCalibrationTask):
+    """A task that counts how often it is pickled (in this process)."""
+
+    pickled = 0
+
+    def __init__(self, base: LMCalibrationTask) -> None:
+        self.__dict__.update(base.__dict__)
+
+    def __getstate__(self):
+        type(self).pickled += 1
+        return self.__dict__
+
+
+def test_a_task_is_serialized_once_for_all_batches():
+    """A search submits a batch per evaluation: the task (and its data) is pickled once."""
+    model, task = _model(), CountsPickles(_task())
+    jobs = _jobs(model)
+    with LocalPoolExecutor(2) as pool:
+        results = [r for i in range(3) for r in pool.run(model, task, jobs[i::3])]
+    assert CountsPickles.pickled == 1
+    assert {r.key: r.metric for r in results} == _in_process(model, _task(), jobs)
+
+
 def test_an_unpicklable_task_is_a_clear_error():
     class Local(LMCalibrationTask):  # a class defined in a function cannot be pickled
         pass

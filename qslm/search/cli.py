@@ -188,13 +188,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise SearchInputError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
     if not 0.0 <= args.alpha <= 1.0 or math.isnan(args.alpha):
         raise SearchInputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if not args.gpus_per_worker >= 0:
-        raise SearchInputError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
-    if args.executor != "ray" and (args.ray_address or args.gpus_per_worker):
-        raise SearchInputError("--ray-address and --gpus-per-worker need --executor ray")
-    if args.executor == "inproc" and args.workers not in (None, 1):
-        raise SearchInputError("--workers needs --executor pool or ray (the in-process "
-                               "executor runs one evaluation at a time)")
+    from qslm.executor import check_executor_options
+
+    check_executor_options(args.executor, workers=args.workers, ray_address=args.ray_address,
+                           gpus_per_worker=args.gpus_per_worker)
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise SearchInputError("--out and --resume name different folders: --resume DIR "
                                "continues the search in DIR")

@@ -267,27 +267,49 @@ def _complete_lines(path: Path) -> list[bytes]:
     return data[:data.rfind(b"\n") + 1].splitlines(keepends=True) if b"\n" in data else []
 
 
+def _slow_search_args(model: Path, cache: Path, *extra: str) -> list[str]:
+    """A tight floor and many widths: many full evaluations, each slow enough to interrupt."""
+    return ["--hw", "edge-npu", "--model", str(model), "--task", "fidelity",
+            "--max-kl", "0.01", "--calib-samples", "2", "--eval-samples", "512",
+            "--bits", "1,2,3,4,5,6,8", "--max-evals", "30", "--no-progress", "--cache-dir",
+            str(cache), "--threads", "1", "--no-plots", "--no-export", "--no-final-eval",
+            *extra]
+
+
+def _wait_for_evaluations(proc: subprocess.Popen, evals: Path, log: Path, n: int = 3) -> None:
+    """Until the search in ``proc`` has written ``n`` complete lines of evals.jsonl."""
+    deadline = time.monotonic() + 120
+    while len(_complete_lines(evals)) < n:
+        if proc.poll() is not None:
+            pytest.fail("the search finished (or failed) before it could be interrupted: "
+                        f"rc {proc.returncode}; " + log.read_text(errors="replace")[-2000:])
+        assert time.monotonic() < deadline, "no evaluations after 120 s"
+        time.sleep(0.01)
+
+
+def _session_pids(sid: int, *, leader: bool = False) -> list[int]:
+    """The processes of session ``sid`` (with ``leader``: its leader, pid ``sid``, included)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid and (leader or int(d.name) != sid):
+                    pids.append(int(d.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
 def test_a_killed_search_resumes_without_losing_or_repeating_evaluations(
         capsys, tmp_path, tiny_checkpoint, cache_dir):
     out = tmp_path / "out"
-    # a tight floor and many widths: many full evaluations, each slow enough to interrupt
-    args = ["--hw", "edge-npu", "--model", str(tiny_checkpoint), "--task", "fidelity",
-            "--max-kl", "0.01", "--calib-samples", "2", "--eval-samples", "512",
-            "--bits", "1,2,3,4,5,6,8", "--max-evals", "30", "--no-progress", "--cache-dir",
-            str(cache_dir), "--threads", "1", "--no-plots", "--no-export", "--no-final-eval"]
+    args = _slow_search_args(tiny_checkpoint, cache_dir)
     evals = out / "evals.jsonl"
     log = (tmp_path / "child.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "qslm.search", *args, "--out", str(out)],
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while len(_complete_lines(evals)) < 3:
-            if proc.poll() is not None:
-                pytest.fail("the search finished (or failed) before it could be interrupted: "
-                            f"rc {proc.returncode}; "
-                            + (tmp_path / "child.log").read_text(errors="replace")[-2000:])
-            assert time.monotonic() < deadline, "no evaluations after 120 s"
-            time.sleep(0.01)
+        _wait_for_evaluations(proc, evals, tmp_path / "child.log")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -320,18 +342,6 @@ def test_a_killed_search_resumes_without_losing_or_repeating_evaluations(
     assert report["feasible"] is True
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid and int(d.name) != sid:
-                    pids.append(int(d.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
 @pytest.mark.parametrize("target", ["group", "parent", "parent-twice"])
 def test_ctrl_c_stops_a_pool_search_at_once_and_it_resumes(capsys, tmp_path, tiny_checkpoint,
                                                            target):
@@ -340,11 +350,8 @@ def test_ctrl_c_stops_a_pool_search_at_once_and_it_resumes(capsys, tmp_path, tin
     its workers still busy: exit 130 at once, no worker left behind, nothing finished lost;
     --resume completes."""
     out = tmp_path / "out"
-    args = ["--hw", "edge-npu", "--model", str(tiny_checkpoint), "--task", "fidelity",
-            "--max-kl", "0.01", "--calib-samples", "2", "--eval-samples", "512",
-            "--bits", "1,2,3,4,5,6,8", "--max-evals", "30", "--no-progress", "--cache-dir",
-            str(tmp_path / "cache"), "--threads", "1", "--no-plots", "--no-export",
-            "--no-final-eval", "--executor", "pool", "--workers", "2"]
+    args = _slow_search_args(tiny_checkpoint, tmp_path / "cache", "--executor", "pool",
+                             "--workers", "2")
     evals = out / "evals.jsonl"
     launch = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
               "os.execvp(sys.executable, [sys.executable, '-m', 'qslm.search', *sys.argv[1:]])")
@@ -353,14 +360,7 @@ def test_ctrl_c_stops_a_pool_search_at_once_and_it_resumes(capsys, tmp_path, tin
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # SIGINT not ignored, its own group
     try:
-        deadline = time.monotonic() + 120
-        while len(_complete_lines(evals)) < 3:
-            if proc.poll() is not None:
-                pytest.fail("the search ended before it could be interrupted: rc "
-                            f"{proc.returncode}; "
-                            + (tmp_path / "child.log").read_text(errors="replace")[-2000:])
-            assert time.monotonic() < deadline, "no evaluations after 120 s"
-            time.sleep(0.01)
+        _wait_for_evaluations(proc, evals, tmp_path / "child.log")
         (os.killpg if target == "group" else os.kill)(proc.pid, signal.SIGINT)
         if target == "parent-twice":
             time.sleep(0.05)
@@ -467,13 +467,11 @@ def test_an_unreachable_ray_cluster_exits_2_and_writes_nothing(capsys, tmp_path,
 
 def _kill_session(sid: int) -> None:
     """SIGKILL every process of session ``sid`` (the `ray start` process and what it started)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid:
-                    os.kill(int(d.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    for pid in _session_pids(sid, leader=True):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
